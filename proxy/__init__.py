@@ -1,0 +1,4 @@
+"""hitl-proxy: a policy-gated egress proxy that puts a human between an AI agent and its
+sensitive actions. See DESIGN.md for the contract."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,191 @@
+"""Value objects shared by the data plane, the policy engines, the gate and the store.
+
+All frozen and validated on construction, so that a ``Decision`` or an ``AgentRequest``
+that exists is a well-formed one; code downstream never re-checks raw strings.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    HOLD = "hold"
+
+
+class OnTimeout(enum.StrEnum):
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer, parsed once (DESIGN §5)."""
+
+    action: Action
+    message: str = ""
+    reviewers: tuple[str, ...] = ()
+    approvals: int = 1
+    timeout: float | None = None  # seconds; None = the configured hold.timeout
+    on_timeout: OnTimeout | None = None  # None = the configured hold.on_timeout
+    grantable: bool = False
+    rule: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.approvals < 1:
+            raise ValueError("approvals must be at least 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+
+
+class HoldStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    FORWARDING = "forwarding"
+    FORWARDED = "forwarded"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({HoldStatus.FORWARDED, HoldStatus.REJECTED, HoldStatus.EXPIRED, HoldStatus.FAILED})
+
+# The hold lifecycle's state table (DESIGN §7): the only transitions a store may make.
+# ``approved → expired`` covers an approval whose agent never came back before the deadline.
+TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
+    HoldStatus.PENDING: frozenset({HoldStatus.APPROVED, HoldStatus.REJECTED, HoldStatus.EXPIRED}),
+    HoldStatus.APPROVED: frozenset({HoldStatus.FORWARDING, HoldStatus.EXPIRED}),
+    HoldStatus.FORWARDING: frozenset({HoldStatus.FORWARDED, HoldStatus.FAILED}),
+    HoldStatus.FORWARDED: frozenset(),
+    HoldStatus.REJECTED: frozenset(),
+    HoldStatus.EXPIRED: frozenset(),
+    HoldStatus.FAILED: frozenset(),
+}
+
+
+def can_transition(current: HoldStatus, wanted: HoldStatus) -> bool:
+    return wanted in TRANSITIONS[current]
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    """One request as the agent sent it, with the proxy's own hop-by-hop headers removed.
+
+    ``headers`` keeps the agent's order and spelling; names are compared lower-cased.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    target: str  # path and query, as sent: "/v1/charges?expand=customer"
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.scheme not in DEFAULT_PORTS:
+            raise ValueError(f"unsupported scheme {self.scheme!r}")
+        if not self.host:
+            raise ValueError("missing host")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"bad port {self.port}")
+        if not self.target.startswith("/"):
+            raise ValueError("target must start with /")
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == DEFAULT_PORTS[self.scheme]:
+            return host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}{self.target}"
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    @property
+    def query_string(self) -> str:
+        return urlsplit(self.target).query
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def body_digest(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+    def fingerprint(self, agent_id: str) -> str:
+        """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest."""
+        key = self.header("idempotency-key")
+        tail = f"key:{key}" if key is not None else f"body:{self.body_digest()}"
+        raw = "\n".join((agent_id, self.method, self.url, tail))
+        return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def content_digest(self) -> str:
+        """Digest of everything that would be forwarded: binds an approval to these bytes."""
+        h = hashlib.sha256()
+        for part in (self.method, self.url):
+            h.update(part.encode("utf-8", "surrogateescape") + b"\0")
+        for key, value in self.headers:
+            h.update(f"{key.lower()}:{value}".encode("utf-8", "surrogateescape") + b"\0")
+        h.update(self.body)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    address: str
+
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A reviewer's act on a held request."""
+
+    kind: str  # "approve" | "reject" | "comment"
+    reviewer: str
+    comment: str = ""
+    edit_body: bytes | None = None
+    edit_headers: dict[str, str | None] = field(default_factory=dict)  # None removes
+    grant_minutes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in {"approve", "reject", "comment"}:
+            raise ValueError(f"unknown verdict {self.kind!r}")
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
