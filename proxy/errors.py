@@ -41,10 +41,12 @@ class GateError(Exception):
         self.message = message
         if status is not None:
             self.status = status
+        self.request_id: str | None = extra.pop("request_id", None)
         self.extra = {k: v for k, v in extra.items() if v is not None}
 
     def body(self, request_id: str) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, "request_id": request_id, **self.extra}
+        rid = self.request_id or request_id
+        return {"error": self.code, "message": self.message, "request_id": rid, **self.extra}
 
 
 class BadRequest(GateError):

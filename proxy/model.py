@@ -189,3 +189,17 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Reviewer:
+    """Who acts in the review API: a configured user or token, or the admin login."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+
+    def may_decide(self, eligible: tuple[str, ...]) -> bool:
+        """``eligible`` is a policy's ``reviewers``: names and ``group:NAME``; empty = anyone."""
+        if not eligible:
+            return True
+        return self.name in eligible or any(f"group:{g}" in eligible for g in self.groups)

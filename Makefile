@@ -1,0 +1,40 @@
+# Two commands do all the set-up: `make run` and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install chromium bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/hitl-proxy serve $(ARGS)
+
+# Debian's Chromium for the browser tests (never a browser download of Playwright's own).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.installed chromium
+	$(VENV)/bin/hitl-proxy policy test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks (not tests): wrk, tinyproxy and squid from Debian's packages.
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 && command -v tinyproxy >/dev/null 2>&1 && command -v squid >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk tinyproxy squid >/dev/null; }
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q ruff mypy
+	$(PY) -m ruff check proxy review_ui tests bench
+
+clean:
+	rm -rf $(VENV) hitl-data build *.egg-info

@@ -1,0 +1,214 @@
+"""``hitl-proxy serve``: build every part from the settings and run the listeners.
+
+The composition root: the only place that knows all the parts. Both listeners share one
+event loop, one store and one gate, so a decision in the review app wakes the waiting
+agent's connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from proxy.agents import AgentAuthenticator
+from proxy.config import Settings
+from proxy.credentials import new_token
+from proxy.errors import StoreError
+from proxy.events import EventBus
+from proxy.gate import Gate
+from proxy.metrics import Metrics
+from proxy.netguard import AddressPolicy
+from proxy.policy.embedded import EmbeddedEngine
+from proxy.policy.engine import PolicyEngine
+from proxy.server import ListenError, ProxyServer
+from proxy.store import open_store
+from proxy.upstream import Upstream
+from review_ui.app import create_app
+from review_ui.auth import ReviewerAuth
+
+log = logging.getLogger("hitl")
+
+ROLES = ("all", "proxy", "review")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: signals are ours, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(listen_host: str, port: int, key: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listen_host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"{key}: cannot listen on {listen_host}:{port}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def load_policy(settings: Settings) -> PolicyEngine:
+    if settings.policy.engine == "opa":
+        from proxy.policy.opa import OpaEngine
+
+        return OpaEngine(settings.policy.opa_url, settings.policy.query)
+    return EmbeddedEngine.load(settings.policy.paths, settings.policy.query)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    role: str = "all"
+    proxy_address: tuple[str, int] | None = None
+    review_address: tuple[str, int] | None = None
+    admin_token: str | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _uvicorn: _EmbeddedUvicorn | None = None
+    _proxy: ProxyServer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.metrics = Metrics()
+        self.policy = load_policy(s)
+        self.store = open_store(s.store.url, frozenset(s.proxy.secret_headers))
+        sockets = self._bind()
+        bound = [sock.getsockname()[:2] for sock in sockets.values()]
+        # The SSRF guard refuses the proxy's own listeners, by the ports actually bound.
+        address_policy = AddressPolicy(s.proxy.block_private_networks, s.proxy.allow_networks,
+                                       frozenset((str(h), int(p)) for h, p in bound))
+        self.upstream = Upstream(timeout=s.proxy.upstream_timeout, policy=address_policy,
+                                 ca_bundle=s.proxy.upstream_ca_bundle, observe=self.metrics.observe_upstream)
+        self.gate = Gate(settings=s, policy=self.policy, store=self.store, upstream=self.upstream,
+                         metrics=self.metrics, events=EventBus())
+        await self.gate.recover()
+        if "review" in sockets:
+            review_sock = sockets["review"]
+            self.review_address = review_sock.getsockname()[:2]
+            auth = ReviewerAuth(s.review.tokens, self._admin_token())
+            app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token)
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                    proxy_headers=False, server_header=False, date_header=False)
+            self._uvicorn = _EmbeddedUvicorn(config)
+            self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[review_sock])))
+        if "proxy" in sockets:
+            self._proxy = ProxyServer(s, self.gate,
+                                      AgentAuthenticator(s.proxy.agents, s.proxy.require_agent_auth))
+            self._proxy.connect = self._connect_handler()
+            self.proxy_address = await self._proxy.start(sock=sockets["proxy"])
+        self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
+
+    def _bind(self) -> dict[str, socket.socket]:
+        """Bind every listener of this role before serving any, so that a port in use fails
+        the start cleanly, naming its key."""
+        s = self.settings
+        wanted = {"review": (s.review.listen, "review.listen"), "proxy": (s.proxy.listen, "proxy.listen")}
+        sockets: dict[str, socket.socket] = {}
+        try:
+            for name, (listen, key) in wanted.items():
+                if self.role in ("all", name):
+                    sockets[name] = bind_socket(listen.host, listen.port, key)
+        except ListenError:
+            for sock in sockets.values():
+                sock.close()
+            raise
+        return sockets
+
+    def _connect_handler(self):  # type: ignore[no-untyped-def]
+        try:
+            from proxy.connect import ConnectHandler
+        except ImportError:
+            return None
+        return ConnectHandler(self.settings, self.gate, self._proxy).handle  # type: ignore[arg-type]
+
+    def _admin_token(self) -> str | None:
+        s = self.settings
+        if s.review.users or s.review.tokens or s.review.trusted_header:
+            return None
+        self.admin_token = new_token()
+        path = admin_token_path(s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.admin_token + "\n")
+        return self.admin_token
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await asyncio.wait_for(self.store.ping(), 2)
+            store_ok = True
+        except (StoreError, TimeoutError):
+            store_ok = False
+        return {"store": store_ok, "policy": self.gate.policy is not None,
+                "listeners": (self.proxy_address is not None or self.role == "review")
+                and (self.review_address is not None or self.role == "proxy")}
+
+    async def stop(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._proxy is not None:
+            await self._proxy.close()
+        for task in self._tasks:
+            if task.get_coro().__name__ != "serve":  # type: ignore[union-attr]
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.upstream.aclose()
+        await self.store.aclose()
+        self.policy.close()
+
+    def ready_lines(self) -> list[str]:
+        lines = []
+        if self.proxy_address:
+            h, p = self.proxy_address
+            lines.append(f"hitl-proxy: proxy listening on http://{_fmt(h)}:{p}")
+        if self.review_address:
+            h, p = self.review_address
+            lines.append(f"hitl-proxy: review listening on http://{_fmt(h)}:{p}")
+        if self.admin_token and self.review_address:
+            base = self.settings.review.public_url
+            if self.settings.review.listen.port == 0:
+                h, p = self.review_address
+                base = f"http://{_fmt(h)}:{p}"
+            lines.append(f"hitl-proxy: no reviewer configured; log in as admin at "
+                         f"{base}/login?token={self.admin_token}")
+        return lines
+
+
+def _fmt(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def admin_token_path(settings: Settings) -> Path:
+    return settings.data_dir / "admin-token"
+
+
+async def serve(settings: Settings, role: str = "all") -> int:
+    runtime = Runtime(settings, role)
+    await runtime.start()
+    for line in runtime.ready_lines():
+        print(line, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if hasattr(runtime, "reload_policy"):
+        loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)  # type: ignore[attr-defined]
+    await stop.wait()
+    print("hitl-proxy: shutting down", file=sys.stderr, flush=True)
+    await runtime.stop()
+    return 0

@@ -1,0 +1,351 @@
+"""The gate: judge a request by policy, then allow, deny or hold it.
+
+Theory of operation
+-------------------
+Rule 1. Every request is judged by the policy before anything leaves the proxy. When the
+        policy cannot answer, the request is refused (``policy_error``): fail closed.
+Rule 2. A held request is written to the store before the agent is told anything, and the
+        store decides every transition (see ``store/sqlite.py``). This module keeps no
+        state of its own but wake-up events; a restart loses nothing.
+Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
+        and duplicates never make a second review item.
+Rule 4. Only the holder of a successful ``claim`` forwards, exactly the bytes whose digest
+        the approval bound (the stored request plus the audited edit). Everyone else who
+        waits on that record receives the stored response (``X-HITL-Replayed``).
+Rule 5. The forward of an approved request runs shielded from the agent's connection: an
+        agent that hangs up mid-forward does not leave a record stuck in ``forwarding``.
+Rule 6. Deadlines are enforced by ``run_deadlines`` whether or not an agent waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config import Settings
+from proxy.errors import (
+    ApprovalPending,
+    ApprovalTimedOut,
+    BadRequest,
+    DeniedByPolicy,
+    GateError,
+    InvalidTransition,
+    NotFound,
+    PolicyError,
+    RejectedByReviewer,
+    StoreError,
+    StoreUnavailable,
+    TooManyPending,
+    UpstreamError,
+)
+from proxy.events import EventBus
+from proxy.metrics import Metrics
+from proxy.model import Action, Agent, AgentRequest, Decision, HoldStatus, OnTimeout, Reviewer, Verdict
+from proxy.policy.engine import PolicyEngine
+from proxy.policy.input import build_input
+from proxy.store import AsyncStore
+from proxy.store.records import HoldRecord, new_id
+from proxy.upstream import OpenResponse, Upstream
+
+log = logging.getLogger("hitl.gate")
+
+REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
+POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
+
+
+class Forbidden(GateError):
+    status, code = 403, "forbidden"
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the data plane sends back for a request the gate let through."""
+
+    request_id: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes | None = None  # a stored response (held requests, replays)
+    stream: OpenResponse | None = None  # a live upstream response (allowed requests)
+    approved_by: tuple[str, ...] = ()
+    replayed: bool = False
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def gate_headers(self) -> list[tuple[str, str]]:
+        out = [("X-HITL-Request-Id", self.request_id)]
+        if self.approved_by:
+            out.append(("X-HITL-Approved-By", ", ".join(self.approved_by)))
+        if self.replayed:
+            out.append(("X-HITL-Replayed", "true"))
+        return out + self.extra_headers
+
+
+class Gate:
+    def __init__(self, *, settings: Settings, policy: PolicyEngine, store: AsyncStore,
+                 upstream: Upstream, metrics: Metrics | None = None, events: EventBus | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.policy = policy  # swapped atomically by a policy reload
+        self.store = store
+        self.upstream = upstream
+        self.metrics = metrics or Metrics()
+        self.events = events or EventBus()
+        self.clock = clock
+        self._secret_headers = settings.proxy.secret_headers
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._forwards: dict[str, asyncio.Task[Reply]] = {}
+
+    # -- the data plane's entry ----------------------------------------------------------
+    async def judge(self, req: AgentRequest, agent: Agent, request_id: str) -> Decision:
+        started = time.perf_counter()
+        try:
+            decision = await self.policy.decide(build_input(req, agent, self.clock(), self._secret_headers))
+        except PolicyError as exc:
+            self.metrics.requests.labels("error", "policy_error").inc()
+            log.error("policy error for %s %s: %s", req.method, req.url, exc.message)
+            raise PolicyError(f"the policy could not decide, so the request was not sent: {exc.message}",
+                              request_id=request_id) from exc
+        finally:
+            self.metrics.policy_eval.observe(time.perf_counter() - started)
+        self.metrics.requests.labels(decision.action.value, decision.rule).inc()
+        return decision
+
+    async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
+        request_id = new_id()
+        decision = await self.judge(req, agent, request_id)
+        if decision.action is Action.ALLOW:
+            return await self._forward_live(req, request_id)
+        if decision.action is Action.DENY:
+            raise DeniedByPolicy(decision.message or "denied by policy", request_id=request_id,
+                                 rule=decision.rule)
+        return await self._hold(req, agent, decision)
+
+    async def _forward_live(self, req: AgentRequest, request_id: str,
+                            approved_by: tuple[str, ...] = ()) -> Reply:
+        try:
+            opened = await self.upstream.open(req)
+        except GateError as exc:
+            exc.request_id = request_id
+            raise
+        return Reply(request_id, opened.status, opened.reason, opened.headers, stream=opened,
+                     approved_by=approved_by)
+
+    # -- holding -------------------------------------------------------------------------
+    async def _hold(self, req: AgentRequest, agent: Agent, decision: Decision) -> Reply:
+        now = self.clock()
+        hold = self.settings.hold
+        try:
+            grant = await self.store.find_grant(agent.id, req.method, req.host, req.path, now)
+            if grant is not None:
+                request_id = new_id(now)
+                self.metrics.decisions.labels("granted", decision.rule).inc()
+                await self.store.audit_append(now, "granted", request_id, f"grant:{grant.id}", {
+                    "method": req.method, "url": req.url, "granted_by": grant.created_by})
+                return await self._forward_live(req, request_id, (f"{grant.created_by} (standing grant)",))
+            fingerprint = req.fingerprint(agent.id)
+            rec = await self.store.find_by_fingerprint(fingerprint, now, hold.replay_window)
+            if rec is None:
+                if await self.store.count_pending(agent.id) >= hold.max_pending_per_agent:
+                    raise TooManyPending(
+                        f"{agent.id} already has {hold.max_pending_per_agent} requests waiting for review; "
+                        "wait for decisions before sending more")
+                rec = await self.store.create(HoldRecord(
+                    id=new_id(now), status=HoldStatus.PENDING, fingerprint=fingerprint,
+                    agent=agent.id, agent_address=agent.address, request=req,
+                    message=decision.message, rule=decision.rule, reviewers=decision.reviewers,
+                    approvals_needed=decision.approvals, grantable=decision.grantable,
+                    on_timeout=decision.on_timeout or OnTimeout(hold.on_timeout),
+                    created_at=now, deadline=now + (decision.timeout or hold.timeout), updated_at=now,
+                ))
+                self.metrics.pending.inc()
+                log.info("held %s %s %s as %s (rule %s)", agent.id, req.method, req.url, rec.id, rec.rule)
+                self.events.publish({"type": "held", "id": rec.id, "status": rec.status.value,
+                                     "agent": rec.agent, "message": rec.message})
+        except StoreError as exc:
+            log.error("store unavailable while holding %s %s: %s", req.method, req.url, exc)
+            raise StoreUnavailable("the pending store cannot be reached, so this request that needs "
+                                   "review was not sent; retry later") from exc
+        return await self.await_outcome(rec.id, now + hold.client_wait)
+
+    async def await_outcome(self, request_id: str, wait_until: float) -> Reply:
+        """Wait for a held request's fate, up to ``wait_until``; act on it (Rules 2 and 4)."""
+        try:
+            while True:
+                rec = await self.store.get(request_id)
+                if rec is None:
+                    raise StoreUnavailable(f"held request {request_id} vanished from the store",
+                                           request_id=request_id)
+                status = rec.status
+                if status is HoldStatus.APPROVED:
+                    claimed = await self.store.claim(request_id, self.clock())
+                    if claimed is not None:
+                        task = asyncio.ensure_future(self._forward_held(claimed))
+                        self._forwards[request_id] = task
+                        task.add_done_callback(lambda _t: self._forwards.pop(request_id, None))
+                        return await asyncio.shield(task)
+                    continue  # someone else claimed it: wait for their result
+                if status is HoldStatus.FORWARDED:
+                    return self._replay(rec)
+                if status is HoldStatus.REJECTED:
+                    raise self._rejection(rec)
+                if status is HoldStatus.EXPIRED:
+                    raise ApprovalTimedOut(
+                        "nobody approved this request before its deadline, so it was not sent",
+                        request_id=request_id)
+                if status is HoldStatus.FAILED:
+                    raise UpstreamError(f"the approved request could not be forwarded: "
+                                        f"{rec.failure_reason}", request_id=request_id)
+                # pending, or forwarding by someone else
+                remaining = wait_until - self.clock()
+                if status is HoldStatus.FORWARDING:
+                    remaining += self.settings.proxy.upstream_timeout
+                if remaining <= 0:
+                    raise ApprovalPending(
+                        f"waiting for a reviewer: {rec.message or 'this request needs approval'}. "
+                        f"Retry the same request to pick up the decision (request {request_id}).",
+                        request_id=request_id)
+                await self._sleep_until_woken(request_id, min(remaining, POLL_SECONDS))
+        except StoreError as exc:
+            raise StoreUnavailable("the pending store cannot be reached; retry later",
+                                   request_id=request_id) from exc
+
+    async def _forward_held(self, rec: HoldRecord) -> Reply:
+        fwd = rec.forward_request()
+        now = self.clock
+        if fwd.content_digest() != rec.approved_digest:
+            await self.store.fail(rec.id, "digest mismatch: stored request differs from the approved one", now())
+            self._changed(rec.id, "failed")
+            raise UpstreamError("the stored request no longer matches what was approved; not sent",
+                                request_id=rec.id)
+        try:
+            response = await self.upstream.fetch(fwd, self.settings.proxy.max_body_bytes)
+        except GateError as exc:
+            await self.store.fail(rec.id, exc.message, now())
+            self._changed(rec.id, "failed")
+            exc.request_id = rec.id
+            raise
+        done = await self.store.complete(rec.id, response, now(), REPLAY_BODY_LIMIT)
+        self._changed(rec.id, "forwarded")
+        return Reply(rec.id, response.status, response.reason, list(response.headers),
+                     body=response.body, approved_by=done.approved_by)
+
+    def _replay(self, rec: HoldRecord) -> Reply:
+        if rec.response is None:
+            raise UpstreamError("this request was already forwarded once and its response was too "
+                                "large to keep; it is not sent again", request_id=rec.id)
+        r = rec.response
+        return Reply(rec.id, r.status, r.reason, list(r.headers), body=r.body,
+                     approved_by=rec.approved_by, replayed=True)
+
+    def _rejection(self, rec: HoldRecord) -> RejectedByReviewer:
+        rejection = rec.rejection
+        reviewer = rejection.reviewer if rejection else None
+        comment = rejection.comment if rejection else ""
+        others = [{"author": c.author, "comment": c.comment} for c in rec.comments]
+        return RejectedByReviewer(
+            f"a reviewer declined this request: {comment}" if comment else "a reviewer declined this request",
+            request_id=rec.id, reviewer=reviewer, comment=comment, comments=others or None)
+
+    async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
+        event = self._wakeups.setdefault(request_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _changed(self, request_id: str, status: str, **extra: Any) -> None:
+        event = self._wakeups.pop(request_id, None)
+        if event is not None:
+            event.set()
+        self.events.publish({"type": "changed", "id": request_id, "status": status, **extra})
+
+    # -- reviewers -----------------------------------------------------------------------
+    async def review(self, request_id: str, reviewer: Reviewer, verdict: Verdict) -> HoldRecord:
+        """Apply a reviewer's approve / reject / comment. Raises NotFound (404), Forbidden
+        (403), InvalidTransition (409), BadRequest (400), StoreError."""
+        rec = await self.store.get(request_id)
+        if rec is None:
+            raise NotFound(f"no held request {request_id}")
+        now = self.clock()
+        if verdict.kind == "comment":
+            if not verdict.comment.strip():
+                raise BadRequest("a comment cannot be empty")
+            rec = await self.store.add_comment(request_id, reviewer.name, verdict.comment, now)
+            self._changed(request_id, rec.status.value, comment=True)
+            return rec
+        if not reviewer.may_decide(rec.reviewers):
+            raise Forbidden(f"{reviewer.name} may not decide this request; it needs "
+                            f"{', '.join(rec.reviewers)}")
+        if rec.status is not HoldStatus.PENDING:
+            raise InvalidTransition(request_id, rec.status.value, verdict.kind)
+        if verdict.kind == "reject":
+            if not verdict.comment.strip():
+                raise BadRequest("a rejection needs a comment: it is the feedback the agent receives")
+            rec = await self.store.decide(request_id, reviewer.name, "reject", verdict.comment, now)
+        else:
+            if verdict.grant_minutes is not None:
+                if not rec.grantable:
+                    raise BadRequest("the policy does not allow standing grants for this request")
+                if not 1 <= verdict.grant_minutes <= 7 * 24 * 60:
+                    raise BadRequest("grant_minutes must be between 1 and 10080 (a week)")
+            edit_headers = tuple(verdict.edit_headers.items())
+            detail: dict[str, Any] = {}
+            if verdict.edit_body is not None or edit_headers:
+                detail["edit"] = _edit_detail(rec, verdict, self._secret_headers)
+            rec = await self.store.decide(
+                request_id, reviewer.name, "approve", verdict.comment, now,
+                edit_body=verdict.edit_body, edit_headers=edit_headers,
+                approval_deadline=now + self.settings.hold.timeout, audit_detail=detail)
+            if rec.status is HoldStatus.APPROVED and verdict.grant_minutes:
+                req = rec.request
+                await self.store.add_grant(rec.agent, req.method, req.host, req.path,
+                                           verdict.grant_minutes, reviewer.name, rec.id, now)
+        if rec.status is not HoldStatus.PENDING:
+            outcome = "approved" if rec.status is HoldStatus.APPROVED else "rejected"
+            self.metrics.decisions.labels(outcome, rec.rule).inc()
+            self.metrics.decision_seconds.labels(rec.rule).observe(max(0.0, now - rec.created_at))
+            self.metrics.pending.dec()
+            log.info("%s %s by %s", rec.id, outcome, reviewer.name)
+        self._changed(request_id, rec.status.value, reviewer=reviewer.name)
+        return rec
+
+    # -- background duties ---------------------------------------------------------------
+    async def recover(self) -> None:
+        for rec in await self.store.recover(self.clock()):
+            log.warning("%s was being forwarded when the proxy stopped; marked failed (interrupted), "
+                        "not re-sent", rec.id)
+        self.metrics.pending.set(await self.store.count_pending())
+
+    async def expire_due(self) -> None:
+        for rec in await self.store.expire_due(self.clock(), self.settings.hold.timeout):
+            if not rec.approved_by:  # it was still pending: the deadline decided it
+                self.metrics.decisions.labels("expired", rec.rule).inc()
+            log.info("%s reached its deadline: now %s", rec.id, rec.status.value)
+            self._changed(rec.id, rec.status.value)
+        self.metrics.pending.set(await self.store.count_pending())
+
+    async def run_deadlines(self, interval: float = 0.5) -> None:
+        while True:
+            try:
+                await self.expire_due()
+            except StoreError as exc:
+                log.error("cannot apply deadlines: %s", exc)
+            await asyncio.sleep(interval)
+
+
+def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) -> dict[str, Any]:
+    from proxy.redact import is_secret
+
+    def text(b: bytes | None) -> str | None:
+        return None if b is None else b[:65536].decode("utf-8", "replace")
+
+    return {
+        "original_body": text(rec.request.body),
+        "edited_body": text(verdict.edit_body),
+        "headers": {k: ("[redacted]" if v is not None and is_secret(k, secrets) else v)
+                    for k, v in verdict.edit_headers.items()},
+    }

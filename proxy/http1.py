@@ -1,0 +1,140 @@
+"""h11 glue for the agent-facing side: read a request, write a response, stream bodies.
+
+``HTTPConnection`` wraps one asyncio stream pair and one ``h11.Connection``. It never
+decides anything; it turns bytes into events and back, maps h11's protocol errors to
+``BadRequest`` (400 / 431), and enforces time limits on a slow or silent client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import h11
+
+from proxy.errors import BadRequest, BodyTooLarge, GateError
+
+MAX_HEADER_BYTES = 64 * 1024
+READ_CHUNK = 64 * 1024
+HEAD_TIMEOUT = 30.0  # a client has this long to finish sending a request head
+IDLE_TIMEOUT = 75.0  # a keep-alive connection with no new request is closed after this
+BODY_TIMEOUT = 60.0  # gap allowed between body chunks
+
+
+class ClientGone(Exception):
+    """The agent closed the connection or stopped sending."""
+
+
+class HTTPConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    @property
+    def peer(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return str(peer[0]) if peer else "unknown"
+
+    async def _next_event(self, timeout: float) -> Any:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                raise BadRequest(f"malformed HTTP request: {exc}", status=status) from exc
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except (TimeoutError, ConnectionError) as exc:
+                raise ClientGone() from exc
+            self.conn.receive_data(data)
+
+    async def receive_request(self) -> h11.Request | None:
+        """The next request's head, or None when the client closed the connection cleanly."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        timeout = IDLE_TIMEOUT if self.conn.their_state is h11.IDLE else HEAD_TIMEOUT
+        try:
+            event = await self._next_event(timeout)
+        except ClientGone:
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):
+            raise BadRequest(f"expected a request, got {type(event).__name__}")
+        return event
+
+    async def read_body(self, limit: int, declared: int | None) -> bytes:
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = bytearray()
+        while True:
+            event = await self._next_event(BODY_TIMEOUT)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ClientGone()
+            else:  # pragma: no cover - h11 yields only these here
+                raise BadRequest(f"unexpected {type(event).__name__} in request body")
+
+    async def _send(self, event: Any) -> None:
+        try:
+            data = self.conn.send(event)
+        except h11.LocalProtocolError as exc:
+            raise ClientGone(f"cannot send response: {exc}") from exc
+        if data:
+            self.writer.write(data)
+            try:
+                await self.writer.drain()
+            except ConnectionError as exc:
+                raise ClientGone() from exc
+
+    async def send_head(self, status: int, headers: Iterable[tuple[str, str]], reason: str = "") -> None:
+        await self._send(h11.Response(status_code=status, headers=list(headers),
+                                      reason=reason.encode("latin-1", "replace")))
+
+    async def send_data(self, data: bytes) -> None:
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        await self._send(h11.EndOfMessage())
+
+    async def send_error(self, exc: GateError, request_id: str) -> None:
+        body = json.dumps(exc.body(request_id)).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("X-HITL-Request-Id", exc.request_id or request_id)]
+        if exc.retry_after is not None:
+            headers.append(("Retry-After", str(exc.retry_after)))
+        if exc.status == 407:
+            headers.append(("Proxy-Authenticate", 'Basic realm="hitl-proxy"'))
+        if exc.status in (400, 413, 431) or self.conn.their_state not in (h11.DONE, h11.IDLE):
+            headers.append(("Connection", "close"))
+        await self.send_head(exc.status, headers)
+        await self.send_data(body)
+        await self.end()
+
+    @property
+    def can_send(self) -> bool:
+        return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    @property
+    def reusable(self) -> bool:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    async def close(self) -> None:
+        try:
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+        except (ConnectionError, TimeoutError, OSError):
+            pass

@@ -1,0 +1,232 @@
+"""The agent-facing listener: accept connections, read requests, hand them to the gate.
+
+One asyncio task per connection, no per-request threads. A request arrives in absolute form
+(``GET http://host/path``, from ``HTTP_PROXY`` clients), as ``CONNECT host:port`` (HTTPS), or
+in origin form under a reverse route (``/stripe/v1/charges`` → ``proxy.routes.stripe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import h11
+
+from proxy.agents import AgentAuthenticator
+from proxy.config import Settings
+from proxy.errors import BadRequest, GateError, MethodNotAllowed
+from proxy.gate import Gate, Reply
+from proxy.headers import AGENT_HEADER
+from proxy.http1 import ClientGone, HTTPConnection
+from proxy.model import DEFAULT_PORTS, Agent, AgentRequest
+from proxy.store.records import new_id
+
+log = logging.getLogger("hitl.proxy")
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
+_OWN_HEADERS = frozenset({"proxy-authorization", AGENT_HEADER})
+
+ConnectHandler = Callable[[HTTPConnection, h11.Request, Agent, str], Awaitable[None]]
+
+
+class ListenError(Exception):
+    pass
+
+
+def valid_host(host: str) -> bool:
+    if host.startswith("[") or ":" in host:
+        try:
+            socket.inet_pton(socket.AF_INET6, host.strip("[]"))
+            return True
+        except OSError:
+            return False
+    return bool(_HOST_RE.match(host)) and len(host) <= 253
+
+
+def parse_target(target: str, routes: dict[str, str]) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path?query) from a request target, or BadRequest."""
+    if target.startswith("/"):
+        name, _, rest = target[1:].partition("/")
+        base = routes.get(name.split("?", 1)[0])
+        if base is None:
+            raise BadRequest(f"{target.split('?', 1)[0]!r} is neither an absolute URL (use the proxy via "
+                             "HTTP_PROXY) nor a configured route (proxy.routes)")
+        if "?" in name:  # "/stripe?x=1": no path after the route name
+            rest = "?" + name.split("?", 1)[1]
+        url = urlsplit(base)
+        path = url.path.rstrip("/") + "/" + rest
+        return _split_absolute(f"{url.scheme}://{url.netloc}{path}")
+    return _split_absolute(target)
+
+
+def _split_absolute(target: str) -> tuple[str, str, int, str]:
+    try:
+        url = urlsplit(target)
+        port = url.port
+    except ValueError as exc:
+        raise BadRequest(f"bad request target: {exc}") from exc
+    scheme = url.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise BadRequest(f"unsupported scheme {url.scheme!r}: the proxy forwards http and https URLs")
+    if url.username is not None or url.password is not None:
+        raise BadRequest("credentials in the URL are not accepted; send them in a header")
+    host = (url.hostname or "").lower()
+    if not host or not valid_host(host):
+        raise BadRequest(f"bad host in request target {target[:200]!r}")
+    path = url.path or "/"
+    if not path.startswith("/"):
+        raise BadRequest("bad path in request target")
+    if url.query:
+        path += "?" + url.query
+    return scheme, host, port or DEFAULT_PORTS[scheme], path
+
+
+class ProxyServer:
+    def __init__(self, settings: Settings, gate: Gate, agents: AgentAuthenticator,
+                 connect: ConnectHandler | None = None) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.agents = agents
+        self.connect = connect
+        self.routes = dict(settings.proxy.routes)
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        listen = self.settings.proxy.listen
+        try:
+            if sock is not None:
+                self._server = await asyncio.start_server(self._serve, sock=sock, limit=2**16, backlog=1024)
+            else:
+                self._server = await asyncio.start_server(
+                    self._serve, listen.host, listen.port, limit=2**16, backlog=1024, reuse_address=True)
+        except OSError as exc:
+            raise ListenError(f"proxy.listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.gate.metrics.connections.labels("proxy").inc()
+        http = HTTPConnection(reader, writer)
+        try:
+            await self.serve_http(http)
+        except ClientGone:
+            pass
+        except Exception:
+            log.exception("internal error on a proxy connection from %s", http.peer)
+        finally:
+            self._connections.discard(task)
+            await http.close()
+
+    async def serve_http(self, http: HTTPConnection, tls_authority: tuple[str, int] | None = None) -> None:
+        """Serve requests on one connection until it closes. ``tls_authority`` is set inside an
+        intercepted CONNECT: requests are then origin-form and must name that authority."""
+        while True:
+            request_id = new_id()
+            try:
+                event = await http.receive_request()
+                if event is None:
+                    return
+                await self._handle(http, event, request_id, tls_authority)
+            except GateError as exc:
+                if not http.can_send:
+                    return
+                await http.send_error(exc, request_id)
+            if not http.reusable:
+                return
+
+    async def _handle(self, http: HTTPConnection, event: h11.Request, request_id: str,
+                      tls_authority: tuple[str, int] | None) -> None:
+        method = event.method.decode("ascii", "replace")
+        target = event.target.decode("latin-1")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
+        lowered = {k.lower(): v for k, v in headers}
+
+        if method == "CONNECT":
+            if tls_authority is not None:
+                raise BadRequest("CONNECT inside an intercepted tunnel is not supported")
+            agent = await self.agents.identify(http.peer, lowered.get("proxy-authorization"), None)
+            if self.connect is None:
+                raise MethodNotAllowed("CONNECT (HTTPS through the proxy) is not enabled on this proxy")
+            await self.connect(http, event, agent, request_id)
+            return
+
+        if tls_authority is not None:
+            scheme, host, port, path = self._inner_target(target, lowered, tls_authority)
+        else:
+            scheme, host, port, path = parse_target(target, self.routes)
+        agent = await self.agents.identify(http.peer, lowered.get("proxy-authorization"),
+                                           lowered.get(AGENT_HEADER) if target.startswith("/") else None)
+        declared = lowered.get("content-length")
+        body = await http.read_body(self.settings.proxy.max_body_bytes,
+                                    int(declared) if declared and declared.isdigit() else None)
+        try:
+            req = AgentRequest(method, scheme, host, port, path,
+                               tuple((k, v) for k, v in headers if k.lower() not in _OWN_HEADERS), body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        reply = await self.gate.handle(req, agent)
+        await self.write_reply(http, reply, head_only=method == "HEAD")
+
+    def _inner_target(self, target: str, headers: dict[str, str],
+                      authority: tuple[str, int]) -> tuple[str, str, int, str]:
+        from proxy.errors import MisdirectedRequest
+
+        host, port = authority
+        if target.startswith("/"):
+            path = target
+        else:
+            scheme, t_host, t_port, path = _split_absolute(target)
+            if (t_host, t_port) != (host, port):
+                raise MisdirectedRequest(f"request for {t_host}:{t_port} inside a tunnel to {host}:{port}")
+        host_header = headers.get("host")
+        if host_header is None:
+            raise BadRequest("missing Host header")
+        try:
+            _, h_host, h_port, _ = _split_absolute(f"https://{host_header}/")
+        except BadRequest as exc:
+            raise MisdirectedRequest(f"bad Host header {host_header!r}") from exc
+        if (h_host, h_port) != (host, port):
+            raise MisdirectedRequest(
+                f"Host {host_header!r} does not match the CONNECT authority {host}:{port}")
+        return "https", host, port, path
+
+    async def write_reply(self, http: HTTPConnection, reply: Reply, head_only: bool = False) -> None:
+        headers = reply.headers + reply.gate_headers()
+        if reply.stream is not None:
+            try:
+                await http.send_head(reply.status, headers, reply.reason)
+                async for chunk in reply.stream.chunks():
+                    await http.send_data(chunk)
+                await http.end()
+            except GateError as exc:
+                log.warning("upstream failed mid-response for %s: %s", reply.request_id, exc.message)
+                raise ClientGone() from exc
+            finally:
+                await reply.stream.aclose()
+            return
+        body = reply.body or b""
+        headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
+        headers.append(("Content-Length", str(len(body))))
+        await http.send_head(reply.status, headers, reply.reason)
+        if not head_only:
+            await http.send_data(body)
+        await http.end()

@@ -1,0 +1,122 @@
+"""The durable pending store behind an async facade.
+
+The backends are synchronous (sqlite3, psycopg) and run on one dedicated thread, so the
+event loop never blocks on disk and the backend never sees two callers at once. Every
+library error leaves this module as ``StoreError``; the gate maps that to 503
+``store_unavailable`` (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from proxy.errors import StoreError
+from proxy.model import UpstreamResponse
+from proxy.store.records import AuditRecord, Grant, HoldRecord
+from proxy.store.sqlite import SqliteBackend
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hitl-store")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from exc
+
+    async def create(self, rec: HoldRecord) -> HoldRecord:
+        return await self._run(self.backend.create, rec)
+
+    async def get(self, request_id: str) -> HoldRecord | None:
+        return await self._run(self.backend.get, request_id)
+
+    async def find_by_fingerprint(self, fp: str, now: float, replay_window: float) -> HoldRecord | None:
+        return await self._run(self.backend.find_by_fingerprint, fp, now, replay_window)
+
+    async def count_pending(self, agent: str | None = None) -> int:
+        return await self._run(self.backend.count_pending, agent)
+
+    async def count_by_status(self) -> dict[str, int]:
+        return await self._run(self.backend.count_by_status)
+
+    async def list(self, **filters: Any) -> tuple[list[HoldRecord], str | None]:
+        return await self._run(self.backend.list, **filters)
+
+    async def decide(self, request_id: str, reviewer: str, verdict: str, comment: str, now: float,
+                     **kwargs: Any) -> HoldRecord:
+        return await self._run(self.backend.decide, request_id, reviewer, verdict, comment, now, **kwargs)
+
+    async def add_comment(self, request_id: str, author: str, comment: str, now: float) -> HoldRecord:
+        return await self._run(self.backend.add_comment, request_id, author, comment, now)
+
+    async def claim(self, request_id: str, now: float) -> HoldRecord | None:
+        return await self._run(self.backend.claim, request_id, now)
+
+    async def complete(self, request_id: str, response: UpstreamResponse, now: float,
+                       keep_body_limit: int) -> HoldRecord:
+        return await self._run(self.backend.complete, request_id, response, now, keep_body_limit)
+
+    async def fail(self, request_id: str, reason: str, now: float) -> HoldRecord:
+        return await self._run(self.backend.fail, request_id, reason, now)
+
+    async def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
+        return await self._run(self.backend.expire_due, now, approve_window)
+
+    async def recover(self, now: float) -> list[HoldRecord]:
+        return await self._run(self.backend.recover, now)
+
+    async def next_deadline(self) -> float | None:
+        return await self._run(self.backend.next_deadline)
+
+    async def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
+                        request_id: str | None, now: float) -> Grant:
+        return await self._run(self.backend.add_grant, agent, method, host, path, minutes, by,
+                               request_id, now)
+
+    async def find_grant(self, agent: str, method: str, host: str, path: str, now: float) -> Grant | None:
+        return await self._run(self.backend.find_grant, agent, method, host, path, now)
+
+    async def list_grants(self, now: float, include_inactive: bool = False) -> list[Grant]:
+        return await self._run(self.backend.list_grants, now, include_inactive)
+
+    async def revoke_grant(self, grant_id: str, by: str, now: float) -> Grant:
+        return await self._run(self.backend.revoke_grant, grant_id, by, now)
+
+    async def audit_append(self, now: float, event: str, request_id: str | None, actor: str,
+                           detail: dict[str, Any]) -> None:
+        await self._run(self.backend.audit_append, now, event, request_id, actor, detail)
+
+    async def audit_list(self, **filters: Any) -> list[AuditRecord]:
+        return await self._run(self.backend.audit_list, **filters)
+
+    async def audit_verify(self) -> int | None:
+        return await self._run(self.backend.audit_verify)
+
+    async def ping(self) -> None:
+        await self._run(self.backend.ping)
+
+    async def aclose(self) -> None:
+        await self._run(self.backend.close)
+        self._executor.shutdown(wait=False)
+
+
+def open_backend(url: str, secret_headers: frozenset[str] = frozenset()) -> Any:
+    if url.startswith("sqlite:///"):
+        return SqliteBackend(Path(url.removeprefix("sqlite:///")), secret_headers=secret_headers)
+    raise StoreError(f"store.url: unsupported store {url.split(':', 1)[0]!r}")
+
+
+def open_store(url: str, secret_headers: frozenset[str] = frozenset()) -> AsyncStore:
+    return AsyncStore(open_backend(url, secret_headers))

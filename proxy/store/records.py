@@ -1,0 +1,141 @@
+"""What the pending store keeps: held requests, their decisions and comments, grants, and
+the audit chain. Plain frozen values; the store knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.model import AgentRequest, HoldStatus, OnTimeout, UpstreamResponse
+
+
+def new_id(now: float | None = None) -> str:
+    """24 hex characters, sortable by creation time (ms), then random."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(6)}"
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEntry:
+    reviewer: str
+    verdict: str  # approve | reject
+    comment: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommentEntry:
+    author: str
+    comment: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRecord:
+    id: str
+    status: HoldStatus
+    fingerprint: str
+    agent: str
+    agent_address: str
+    request: AgentRequest
+    message: str
+    rule: str
+    reviewers: tuple[str, ...]
+    approvals_needed: int
+    grantable: bool
+    on_timeout: OnTimeout
+    created_at: float
+    deadline: float
+    updated_at: float
+    decisions: tuple[DecisionEntry, ...] = ()
+    comments: tuple[CommentEntry, ...] = ()
+    edit_body: bytes | None = None
+    edit_headers: tuple[tuple[str, str | None], ...] = ()
+    approved_digest: str | None = None
+    decided_at: float | None = None
+    response: UpstreamResponse | None = None
+    response_status: int | None = None
+    forwarded_at: float | None = None
+    failure_reason: str | None = None
+
+    @property
+    def approved_by(self) -> tuple[str, ...]:
+        return tuple(d.reviewer for d in self.decisions if d.verdict == "approve")
+
+    @property
+    def rejection(self) -> DecisionEntry | None:
+        return next((d for d in self.decisions if d.verdict == "reject"), None)
+
+    def forward_request(self) -> AgentRequest:
+        """The request as it will be forwarded: the stored one with the reviewer's edits."""
+        req = self.request
+        if not self.edit_headers and self.edit_body is None:
+            return req
+        headers = list(req.headers)
+        for name, value in self.edit_headers:
+            headers = [(n, v) for n, v in headers if n.lower() != name.lower()]
+            if value is not None:
+                headers.append((name, value))
+        body = req.body if self.edit_body is None else self.edit_body
+        return replace(req, headers=tuple(headers), body=body)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: str
+    agent: str
+    method: str
+    host: str
+    path: str
+    created_by: str
+    request_id: str | None
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and self.expires_at > now
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    at: str
+    event: str
+    request_id: str | None
+    actor: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS
+    hash: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "at": self.at, "event": self.event, "request_id": self.request_id,
+            "actor": self.actor, "detail": self.detail,
+        }
+
+    def compute_hash(self) -> str:
+        """SHA-256 over the previous hash and this record's canonical JSON (DESIGN §8)."""
+        return hashlib.sha256((self.prev_hash + canonical(self.body())).encode()).hexdigest()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.body(), "prev_hash": self.prev_hash, "hash": self.hash}

@@ -1,0 +1,238 @@
+"""The JSON review API (DESIGN §8) and the unauthenticated operational endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from proxy.errors import BadRequest, GateError, InvalidTransition, NotFound, StoreError
+from proxy.gate import Gate
+from proxy.model import Reviewer, Verdict
+from review_ui.auth import ReviewerAuth
+from review_ui.serialize import audit_json, grant_json, request_json
+
+Handler = Callable[[Request], Awaitable[Response]]
+STATUSES = {"pending", "approved", "forwarding", "forwarded", "rejected", "expired", "failed"}
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+class ReviewAPI:
+    def __init__(self, gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+        self.gate = gate
+        self.auth = auth
+        self.ready = ready
+        self.secret_headers = gate.settings.proxy.secret_headers
+
+    def routes(self) -> list[Route]:
+        a = self._authenticated
+        return [
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics),
+            Route("/api/openapi.json", self.openapi),
+            Route("/api/requests", a(self.list_requests)),
+            Route("/api/requests/{id}", a(self.get_request)),
+            Route("/api/requests/{id}/approve", a(self.approve), methods=["POST"]),
+            Route("/api/requests/{id}/reject", a(self.reject), methods=["POST"]),
+            Route("/api/requests/{id}/comment", a(self.comment), methods=["POST"]),
+            Route("/api/grants", a(self.list_grants)),
+            Route("/api/grants/{id}", a(self.revoke_grant), methods=["DELETE"]),
+            Route("/api/audit", a(self.audit)),
+            Route("/api/events", a(self.events)),
+            Route("/api/me", a(self.me)),
+        ]
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _authenticated(self, handler: Callable[[Request, Reviewer], Awaitable[Response]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                reviewer = await self.auth.reviewer(request)
+            except GateError as exc:  # e.g. a session without its CSRF token
+                return error(exc.status, exc.code, exc.message)
+            if reviewer is None:
+                return error(401, "unauthorized", "log in, or send Authorization: Bearer <token>")
+            try:
+                return await handler(request, reviewer)
+            except NotFound as exc:
+                return error(404, "not_found", str(exc))
+            except InvalidTransition as exc:
+                return error(409, "conflict", str(exc), status=exc.current)
+            except GateError as exc:
+                return error(exc.status, exc.code, exc.message)
+            except StoreError as exc:
+                return error(503, "store_unavailable", str(exc))
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return data
+
+    # -- operational ---------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks = await self.ready()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        try:
+            self.gate.metrics.pending.set(await self.gate.store.count_pending())
+            self.gate.metrics.grants_active.set(len(await self.gate.store.list_grants(self.gate.clock())))
+        except StoreError:
+            pass  # the scrape still answers; /readyz reports the store
+        return Response(generate_latest(self.gate.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        from review_ui.openapi import SPEC
+
+        return JSONResponse(SPEC)
+
+    # -- requests ------------------------------------------------------------------------
+    async def list_requests(self, request: Request, reviewer: Reviewer) -> Response:
+        q = request.query_params
+        statuses = [s for s in q.get("status", "").split(",") if s]
+        if any(s not in STATUSES for s in statuses):
+            raise BadRequest(f"status must be one of {', '.join(sorted(STATUSES))}")
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError as exc:
+            raise BadRequest("limit must be a number") from exc
+        if not 1 <= limit <= 500:
+            raise BadRequest("limit must be between 1 and 500")
+        items, cursor = await self.gate.store.list(
+            statuses=statuses or None, agent=q.get("agent") or None, host=q.get("host") or None,
+            text=q.get("q") or None, limit=limit, cursor=q.get("cursor") or None)
+        return JSONResponse({"items": [request_json(r, self.secret_headers, reviewer) for r in items],
+                             "next_cursor": cursor})
+
+    async def get_request(self, request: Request, reviewer: Reviewer) -> Response:
+        rec = await self.gate.store.get(request.path_params["id"])
+        if rec is None:
+            raise NotFound(f"no held request {request.path_params['id']}")
+        return JSONResponse(request_json(rec, self.secret_headers, reviewer))
+
+    async def approve(self, request: Request, reviewer: Reviewer) -> Response:
+        data = await self._json_body(request)
+        comment = _str(data, "comment")
+        edit = data.get("edit") or {}
+        if not isinstance(edit, dict):
+            raise BadRequest("edit must be an object with body and/or headers")
+        edit_body = _edit_body(edit)
+        edit_headers = edit.get("headers") or {}
+        if not isinstance(edit_headers, dict) or not all(
+                isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in edit_headers.items()):
+            raise BadRequest("edit.headers must map header names to strings (or null to remove)")
+        grant = data.get("grant_minutes")
+        if grant is not None and (not isinstance(grant, int) or isinstance(grant, bool)):
+            raise BadRequest("grant_minutes must be a whole number of minutes")
+        rec = await self.gate.review(request.path_params["id"], reviewer, Verdict(
+            "approve", reviewer.name, comment, edit_body, dict(edit_headers), grant))
+        return JSONResponse(request_json(rec, self.secret_headers, reviewer))
+
+    async def reject(self, request: Request, reviewer: Reviewer) -> Response:
+        data = await self._json_body(request)
+        rec = await self.gate.review(request.path_params["id"], reviewer,
+                                     Verdict("reject", reviewer.name, _str(data, "comment")))
+        return JSONResponse(request_json(rec, self.secret_headers, reviewer))
+
+    async def comment(self, request: Request, reviewer: Reviewer) -> Response:
+        data = await self._json_body(request)
+        rec = await self.gate.review(request.path_params["id"], reviewer,
+                                     Verdict("comment", reviewer.name, _str(data, "comment")))
+        return JSONResponse(request_json(rec, self.secret_headers, reviewer))
+
+    async def me(self, request: Request, reviewer: Reviewer) -> Response:
+        return JSONResponse({"name": reviewer.name, "groups": list(reviewer.groups)})
+
+    # -- grants and audit ----------------------------------------------------------------
+    async def list_grants(self, request: Request, reviewer: Reviewer) -> Response:
+        now = self.gate.clock()
+        everything = request.query_params.get("all") in ("1", "true")
+        grants = await self.gate.store.list_grants(now, everything)
+        return JSONResponse({"items": [grant_json(g, now) for g in grants]})
+
+    async def revoke_grant(self, request: Request, reviewer: Reviewer) -> Response:
+        now = self.gate.clock()
+        grant = await self.gate.store.revoke_grant(request.path_params["id"], reviewer.name, now)
+        self.gate.events.publish({"type": "grant_revoked", "id": grant.id})
+        return JSONResponse(grant_json(grant, now))
+
+    async def audit(self, request: Request, reviewer: Reviewer) -> Response:
+        q = request.query_params
+        try:
+            after = int(q.get("after", "0"))
+            limit = min(int(q.get("limit", "100")), 1000)
+        except ValueError as exc:
+            raise BadRequest("after and limit must be numbers") from exc
+        records = await self.gate.store.audit_list(after=after, limit=limit,
+                                                   request_id=q.get("request_id") or None)
+        return JSONResponse({"items": [audit_json(r) for r in records],
+                             "next_after": records[-1].seq if len(records) == limit else None})
+
+    async def events(self, request: Request, reviewer: Reviewer) -> Response:
+        queue = self.gate.events.subscribe()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), 15)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"event: {event.get('type', 'changed')}\ndata: {json.dumps(event)}\n\n"
+            finally:
+                self.gate.events.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+def _edit_body(edit: dict[str, Any]) -> bytes | None:
+    if "body_base64" in edit:
+        try:
+            return base64.b64decode(edit["body_base64"], validate=True)
+        except (binascii.Error, TypeError) as exc:
+            raise BadRequest("edit.body_base64 is not valid base64") from exc
+    body = edit.get("body")
+    if body is None:
+        return None
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    # A JSON value: forwarded as its compact JSON text.
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")

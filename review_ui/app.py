@@ -1,0 +1,36 @@
+"""Assemble the review app: API routes, web UI (when present), security headers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.config import Settings
+from proxy.gate import Gate
+from review_ui.api import ReviewAPI
+from review_ui.auth import ReviewerAuth
+from review_ui.security import SecurityHeaders
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "not_found", "message": f"no route {request.url.path}"}, status_code=404)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "method_not_allowed", "message": f"{request.method} is not allowed here"},
+                        status_code=405)
+
+
+def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dict[str, bool]]],
+               *, settings: Settings | None = None, admin_token: str | None = None) -> Starlette:
+    api = ReviewAPI(gate, auth, ready)
+    routes = api.routes()
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+    )
