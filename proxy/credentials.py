@@ -38,12 +38,22 @@ class VerifiedCache:
     def __init__(self, max_entries: int = 4096) -> None:
         self._ok: dict[tuple[str, str], bool] = {}
         self._max = max_entries
+        # Concurrent first presentations of one credential share a single argon2 run.
+        self._inflight: dict[tuple[str, str], asyncio.Future[bool]] = {}
 
     async def verify(self, hashed: str, secret: str) -> bool:
         key = (hashed, hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest())
         if key in self._ok:
             return True
-        ok = await asyncio.to_thread(verify_now, hashed, secret)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.ensure_future(asyncio.to_thread(verify_now, hashed, secret))
+        self._inflight[key] = future
+        try:
+            ok = await asyncio.shield(future)
+        finally:
+            self._inflight.pop(key, None)
         if ok:
             if len(self._ok) >= self._max:
                 self._ok.pop(next(iter(self._ok)))

@@ -32,6 +32,8 @@ class HTTPConnection:
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        # A response head waits here for its first body bytes: one send() instead of two.
+        self._pending = bytearray()
 
     @property
     def peer(self) -> str:
@@ -87,13 +89,17 @@ class HTTPConnection:
             else:  # pragma: no cover - h11 yields only these here
                 raise BadRequest(f"unexpected {type(event).__name__} in request body")
 
-    async def _send(self, event: Any) -> None:
+    async def _send(self, event: Any, flush: bool = True) -> None:
         try:
             data = self.conn.send(event)
         except h11.LocalProtocolError as exc:
             raise ClientGone(f"cannot send response: {exc}") from exc
         if data:
-            self.writer.write(data)
+            self._pending += data
+        # A 2xx to CONNECT switches protocols: nothing else follows from h11, so send now.
+        if (flush or self.conn.our_state is h11.SWITCHED_PROTOCOL) and self._pending:
+            self.writer.write(bytes(self._pending))
+            self._pending.clear()
             try:
                 await self.writer.drain()
             except ConnectionError as exc:
@@ -101,7 +107,7 @@ class HTTPConnection:
 
     async def send_head(self, status: int, headers: Iterable[tuple[str, str]], reason: str = "") -> None:
         await self._send(h11.Response(status_code=status, headers=list(headers),
-                                      reason=reason.encode("latin-1", "replace")))
+                                      reason=reason.encode("latin-1", "replace")), flush=False)
 
     async def send_data(self, data: bytes) -> None:
         if data:

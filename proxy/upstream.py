@@ -1,10 +1,21 @@
-"""Forwarding to the real upstream through one pooled ``httpx.AsyncClient``.
+"""Forwarding to the real upstream: a lean pooled HTTP/1.1 client on h11.
 
-The SSRF guard lives in the dialer: ``GuardedBackend.connect_tcp`` resolves the name once,
-checks every resolved address with ``netguard.AddressPolicy``, and connects to the address
-it checked, so a second DNS answer can never slip a private address past the check. TLS to
-the upstream is always verified (system CAs plus ``upstream_ca_bundle``); SNI and the
-certificate check still use the hostname, because httpcore starts TLS with the origin's name.
+Why not httpx here: on this path httpx's async pool costs about 1.3 ms of Python per
+request (measured: 605 req/s at 32 connections against a trivial upstream, where a pooled
+h11 connection does 5,300), and the proxy pays it on every allowed request. h11 is the same
+protocol engine httpcore drives; this module adds only what a forward proxy needs: an idle
+pool per origin, a guarded dial, verified TLS and timeouts. (httpx remains the client for
+the CLI, notifications and remote OPA.)
+
+The SSRF guard lives in the dialer: ``connect_guarded`` resolves the name once, checks every
+resolved address with ``netguard.AddressPolicy``, and connects to the address it checked, so
+a second DNS answer can never slip a private address past the check. TLS to the upstream is
+always verified (system CAs, certifi, ``upstream_ca_bundle``) against the hostname.
+
+Exactly-once: a request whose forward must not repeat (``fetch``, used for approved holds)
+always gets a fresh connection and is never retried. A pooled connection that turns out to
+have been closed by the upstream before any response byte is retried once, on a fresh
+connection, only for idempotent methods.
 """
 
 from __future__ import annotations
@@ -14,66 +25,28 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpcore
-import httpx
+import h11
 
 from proxy.errors import DestinationBlocked, UpstreamError
 from proxy.headers import strip_request_headers, strip_response_headers
 from proxy.model import AgentRequest, UpstreamResponse
 from proxy.netguard import AddressPolicy
 
-SOCKET_OPTION = Any
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, policy: AddressPolicy) -> None:
-        self._policy = policy
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
-            )
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        first_reason = None
-        for family, _, _, _, sockaddr in infos:
-            ip = str(sockaddr[0]).split("%", 1)[0]
-            reason = self._policy.check(ip, port)
-            if reason is None:
-                return await self._inner.connect_tcp(
-                    ip, port, timeout=timeout, local_address=local_address,
-                    socket_options=socket_options,
-                )
-            first_reason = first_reason or (reason, ip)
-        assert first_reason is not None
-        reason, ip = first_reason
-        raise DestinationBlocked(f"{host}:{port} resolves to {ip}, a {reason} address; the proxy does not connect there")
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise DestinationBlocked("unix sockets are not a destination")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+READ_CHUNK = 65536
+MAX_IDLE_PER_ORIGIN = 64
+IDLE_EXPIRY = 30.0
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 def upstream_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     try:
-        import certifi  # httpx's own trust store, so hosts verify as they would for httpx
+        import certifi  # the common public roots too, so hosts verify as they would for httpx
 
         ctx.load_verify_locations(certifi.where())
     except ImportError:  # pragma: no cover - certifi comes with httpx
@@ -84,88 +57,108 @@ def upstream_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return ctx
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, ssl_context: ssl.SSLContext, policy: AddressPolicy, limits: httpx.Limits) -> None:
-        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(policy),
-        )
+async def resolve_guarded(host: str, port: int, policy: AddressPolicy, timeout: float) -> list[str]:
+    """The addresses of ``host`` that the policy allows, in resolver order; DestinationBlocked
+    when there are none. The caller must dial one of exactly these addresses."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise UpstreamError(f"cannot resolve {host}: {exc}") from exc
+    allowed, blocked = [], None
+    for _family, _, _, _, sockaddr in infos:
+        ip = str(sockaddr[0]).split("%", 1)[0]
+        reason = policy.check(ip, port)
+        if reason is None:
+            allowed.append(ip)
+        elif blocked is None:
+            blocked = (reason, ip)
+    if not allowed:
+        assert blocked is not None
+        raise DestinationBlocked(f"{host}:{port} resolves to {blocked[1]}, a {blocked[0]} address; "
+                                 "the proxy does not connect there")
+    return allowed
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    origin: tuple[str, str, int]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+    idle_since: float = 0.0
+    reused: bool = False
+
+    def usable(self, now: float) -> bool:
+        # Bytes or EOF on an idle connection mean the upstream closed it or misbehaved.
+        return (now - self.idle_since < IDLE_EXPIRY and not self.reader.at_eof()
+                and not len(self.reader._buffer) and not self.writer.is_closing())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _StaleConnection(Exception):
+    """A pooled connection failed before any response byte: safe to retry idempotent requests."""
 
 
 @dataclass(slots=True)
 class OpenResponse:
-    """A streaming upstream response; ``aclose`` must be called."""
+    """A streaming upstream response; iterate ``chunks`` and always call ``aclose``."""
 
     status: int
     reason: str
     headers: list[tuple[str, str]]
-    _response: httpx.Response
+    _conn: _Connection
+    _upstream: Upstream
     started: float
+    _done: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream failed while sending its response: {exc}") from exc
+        conn = self._conn
+        while True:
+            event = await self._upstream._next_event(conn)
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._done = True
+                return
+            else:
+                raise UpstreamError(f"upstream closed the connection mid-response ({type(event).__name__})")
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        self._upstream._release(self._conn, reusable=self._done)
 
 
 class Upstream:
-    def __init__(
-        self,
-        *,
-        timeout: float,
-        policy: AddressPolicy,
-        ca_bundle: Path | None = None,
-        observe: Any = None,
-    ) -> None:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-        transport = GuardedTransport(upstream_ssl_context(ca_bundle), policy, limits)
-        self._client = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(timeout), trust_env=False,
-            follow_redirects=False,
-        )
+    def __init__(self, *, timeout: float, policy: AddressPolicy, ca_bundle: Path | None = None,
+                 observe: Any = None) -> None:
+        self.timeout = timeout
+        self.address_policy = policy  # also guards CONNECT tunnels (proxy/connect.py)
+        self.ssl_context = upstream_ssl_context(ca_bundle)
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._observe = observe  # callable(seconds, error: bool) for metrics, or None
 
-    async def open(self, req: AgentRequest, extra_headers: Iterable[tuple[str, str]] = ()) -> OpenResponse:
-        headers = list(strip_request_headers(req.headers)) + list(extra_headers)
-        # httpx.Request, not client.build_request: the client's default headers
-        # (User-Agent, Accept-Encoding, ...) must not be added to the agent's request.
-        request = httpx.Request(req.method, req.url, headers=headers, content=req.body)
-        if not req.body and req.method in {"GET", "HEAD", "OPTIONS", "DELETE"}:
-            request.headers.pop("content-length", None)
+    # -- public --------------------------------------------------------------------------
+    async def open(self, req: AgentRequest, extra_headers: Iterable[tuple[str, str]] = (),
+                   *, fresh: bool = False) -> OpenResponse:
         started = time.perf_counter()
         try:
-            response = await self._client.send(request, stream=True)
-        except DestinationBlocked:
+            try:
+                return await self._exchange(req, extra_headers, started, fresh=fresh)
+            except _StaleConnection:
+                if req.method not in IDEMPOTENT:
+                    raise UpstreamError(f"upstream {req.authority} closed a kept-alive connection; "
+                                        "the request was not retried (not idempotent)") from None
+                return await self._exchange(req, extra_headers, started, fresh=True)
+        except UpstreamError:
+            self._record(started, error=True)
             raise
-        except httpx.HTTPError as exc:
-            self._record(started, error=True)
-            raise UpstreamError(_describe(req, exc)) from exc
-        except ssl.SSLError as exc:  # pragma: no cover - httpx maps these, belt and braces
-            self._record(started, error=True)
-            raise UpstreamError(f"TLS with {req.authority} failed: {exc}") from exc
-        self._record(started, error=False)
-        return OpenResponse(
-            status=response.status_code,
-            reason=response.reason_phrase,
-            headers=strip_response_headers(
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
-            ),
-            _response=response,
-            started=started,
-        )
 
     async def fetch(self, req: AgentRequest, max_body: int) -> UpstreamResponse:
-        """Forward and read the whole response (for held requests, whose response is stored)."""
-        opened = await self.open(req)
+        """Forward once on a fresh connection and read the whole response (approved holds:
+        the response is stored for replays)."""
+        opened = await self.open(req, fresh=True)
         try:
             body = bytearray()
             async for chunk in opened.chunks():
@@ -176,20 +169,113 @@ class Upstream:
             await opened.aclose()
         return UpstreamResponse(opened.status, tuple(opened.headers), bytes(body), opened.reason)
 
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    # -- internals -----------------------------------------------------------------------
+    async def _exchange(self, req: AgentRequest, extra_headers: Iterable[tuple[str, str]],
+                        started: float, *, fresh: bool) -> OpenResponse:
+        conn = None if fresh else self._take_idle((req.scheme, req.host, req.port))
+        if conn is None:
+            conn = await self._connect(req)
+        headers = [("Host", req.authority), *strip_request_headers(req.headers), *extra_headers]
+        if req.body or req.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
+            headers.append(("Content-Length", str(len(req.body))))
+        try:
+            data = conn.h11.send(h11.Request(method=req.method, target=req.target, headers=headers))
+            if req.body:
+                data += conn.h11.send(h11.Data(data=req.body))
+            data += conn.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            conn.close()
+            raise UpstreamError(f"cannot send this request upstream: {exc}") from exc
+        try:
+            conn.writer.write(data)
+            await asyncio.wait_for(conn.writer.drain(), self.timeout)
+            event = await self._next_event(conn, stale_ok=conn.reused)
+            while isinstance(event, h11.InformationalResponse):
+                event = await self._next_event(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if not isinstance(event, h11.Response):
+            conn.close()
+            raise UpstreamError(f"upstream {req.authority} did not answer with a response")
+        self._record(started, error=False)
+        return OpenResponse(
+            status=event.status_code, reason=event.reason.decode("latin-1", "replace"),
+            headers=strip_response_headers((k.decode("latin-1"), v.decode("latin-1"))
+                                           for k, v in event.headers.raw_items()),
+            _conn=conn, _upstream=self, started=started)
+
+    async def _next_event(self, conn: _Connection, stale_ok: bool = False) -> Any:
+        while True:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamError(f"upstream {conn.origin[1]} sent a malformed response: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await asyncio.wait_for(conn.reader.read(READ_CHUNK), self.timeout)
+            except TimeoutError as exc:
+                raise UpstreamError(f"upstream {conn.origin[1]} timed out after {self.timeout:g}s") from exc
+            except (OSError, ssl.SSLError) as exc:
+                if stale_ok:
+                    raise _StaleConnection() from exc
+                raise UpstreamError(f"upstream {conn.origin[1]} failed: {exc}") from exc
+            if not data and stale_ok:
+                raise _StaleConnection()
+            stale_ok = False
+            conn.h11.receive_data(data)
+
+    async def _connect(self, req: AgentRequest) -> _Connection:
+        addresses = await resolve_guarded(req.host, req.port, self.address_policy, self.timeout)
+        tls = self.ssl_context if req.scheme == "https" else None
+        last: BaseException | None = None
+        for ip in addresses:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    ip, req.port, ssl=tls, server_hostname=req.host if tls else None,
+                    limit=MAX_RESPONSE_HEAD), self.timeout)
+            except ssl.SSLCertVerificationError as exc:
+                raise UpstreamError(f"TLS certificate of {req.authority} could not be verified "
+                                    f"({exc.verify_message or exc}); not forwarded") from exc
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                last = exc
+                continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return _Connection((req.scheme, req.host, req.port), reader, writer)
+        text = "timed out" if isinstance(last, TimeoutError) else (getattr(last, "strerror", None) or str(last))
+        raise UpstreamError(f"upstream {req.authority} unreachable: {text}")
+
+    def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
+        conns = self._idle.get(origin)
+        now = time.monotonic()
+        while conns:
+            conn = conns.pop()
+            if conn.usable(now):
+                conn.h11.start_next_cycle()
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, conn: _Connection, *, reusable: bool) -> None:
+        h = conn.h11
+        if reusable and h.our_state is h11.DONE and h.their_state is h11.DONE:
+            conns = self._idle.setdefault(conn.origin, [])
+            if len(conns) < MAX_IDLE_PER_ORIGIN:
+                conn.idle_since = time.monotonic()
+                conns.append(conn)
+                return
+        conn.close()
+
     def _record(self, started: float, *, error: bool) -> None:
         if self._observe is not None:
             self._observe(time.perf_counter() - started, error)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def _describe(req: AgentRequest, exc: httpx.HTTPError) -> str:
-    text = str(exc) or type(exc).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return f"TLS certificate of {req.authority} could not be verified ({text}); not forwarded"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"upstream {req.authority} timed out ({type(exc).__name__})"
-    if isinstance(exc, httpx.ConnectError):
-        return f"upstream {req.authority} unreachable: {text}"
-    return f"upstream {req.authority} failed: {text}"

@@ -297,7 +297,7 @@ def test_fifty_concurrent_holds_from_several_agents_each_forwarded_once(make_hit
 
     with ThreadPoolExecutor(50) as pool:
         futures = [pool.submit(send, i) for i in range(50)]
-        items = hitl.wait_pending(50, timeout=30)
+        items = hitl.wait_pending(50, timeout=90)
         assert {i["agent"] for i in items} == set(agents)
         with hitl.api() as api:
             for item in items:

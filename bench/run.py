@@ -1,0 +1,198 @@
+"""Pass-through overhead: requests/s and latency through hitl-proxy, tinyproxy and squid vs
+direct, with wrk sending absolute-form requests (as HTTP_PROXY clients do), plus the policy
+evaluation cost. Prints tables; asserts nothing.
+
+    make bench                      # or: .venv/bin/python bench/run.py --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+HITL = str(Path(PY).parent / "hitl-proxy")
+
+ALLOW_ALL = 'package hitl\n\ndecision := {"action": "allow", "rule": "bench"}\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, **kw)  # type: ignore[call-overload]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wrk(proxy_port: int | None, upstream_port: int, conns: int, duration: int, tmp: Path) -> dict[str, float]:
+    threads = min(2, conns)
+    if proxy_port is None:
+        target = f"http://127.0.0.1:{upstream_port}/"
+        args = []
+    else:
+        script = tmp / "absolute.lua"
+        script.write_text(f'wrk.path = "http://127.0.0.1:{upstream_port}/bench"\n'
+                          f'wrk.headers["Host"] = "127.0.0.1:{upstream_port}"\n')
+        target = f"http://127.0.0.1:{proxy_port}/"
+        args = ["-s", str(script)]
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", *args, target],
+                         capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    lat = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}  # type: ignore[union-attr]
+    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def start_hitl(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    (tmp / "policies").mkdir()
+    (tmp / "policies" / "bench.rego").write_text(ALLOW_ALL)
+    review = free_port()
+    (tmp / "hitl.yaml").write_text(
+        f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{port}\n  allow_networks: [127.0.0.0/8]\n"
+        f"  ca_dir: {tmp}/data/ca\nreview:\n  listen: 127.0.0.1:{review}\npolicy:\n  paths: [{tmp}/policies]\n"
+        f"store:\n  url: sqlite:///{tmp}/data/hitl.db\nlog:\n  level: warning\n  format: json\n")
+    return start([HITL, "serve", "-c", str(tmp / "hitl.yaml")])
+
+
+def start_tinyproxy(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
+    if not shutil.which("tinyproxy"):
+        return None
+    conf = tmp / "tinyproxy.conf"
+    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 200\nLogLevel Critical\n"
+                    f"Allow 127.0.0.1\nDisableViaHeader Yes\n")
+    return start(["tinyproxy", "-d", "-c", str(conf)])
+
+
+def start_squid(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
+    squid = shutil.which("squid") or ("/usr/sbin/squid" if Path("/usr/sbin/squid").exists() else None)
+    if not squid:
+        return None
+    conf = tmp / "squid.conf"
+    conf.write_text(
+        f"http_port 127.0.0.1:{port}\nhttp_access allow all\ncache deny all\nshutdown_lifetime 0 seconds\n"
+        f"pid_filename {tmp}/squid.pid\ncache_log {tmp}/squid-cache.log\naccess_log none\n"
+        f"coredump_dir {tmp}\nworkers 1\n")
+    return start([squid, "-N", "-f", str(conf)])
+
+
+def policy_eval_p50(n: int = 3000) -> tuple[float, float]:
+    sys.path.insert(0, str(ROOT))
+    from proxy.model import Agent, AgentRequest
+    from proxy.policy.embedded import EmbeddedEngine
+    from proxy.policy.input import build_input
+
+    engine = EmbeddedEngine.load([ROOT / "policies"])
+    req = AgentRequest("GET", "https", "example.com", 443, "/v1/items?page=2",
+                       (("host", "example.com"), ("user-agent", "agent/1.0"), ("accept", "*/*")), b"")
+    hold = AgentRequest("POST", "https", "api.stripe.com", 443, "/v1/charges",
+                        (("host", "api.stripe.com"), ("content-type", "application/json")),
+                        b'{"amount": 5000, "currency": "usd", "customer": "cus_123"}')
+    agent = Agent("billing-agent", "127.0.0.1")
+    results = []
+    for r in (req, hold):
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            asyncio.run_coroutine_threadsafe if False else None
+            doc = build_input(r, agent, time.time())
+            coro = engine.decide(doc)
+            try:
+                coro.send(None)
+            except StopIteration:
+                pass
+            samples.append(time.perf_counter() - t)
+        results.append(statistics.median(samples) * 1e6)
+    return results[0], results[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--conns", default="1,32")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed (make bench installs it)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        up_port, hitl_port, tiny_port, squid_port = free_port(), free_port(), free_port(), free_port()
+        procs = {"upstream": start([PY, str(ROOT / "bench" / "upstream_server.py"), str(up_port)])}
+        procs["hitl-proxy"] = start_hitl(tmp, hitl_port)
+        tiny = start_tinyproxy(tmp, tiny_port)
+        squid = start_squid(tmp, squid_port)
+        ports: dict[str, int | None] = {"direct": None, "hitl-proxy": hitl_port}
+        if tiny:
+            procs["tinyproxy"], ports["tinyproxy"] = tiny, tiny_port
+        if squid:
+            procs["squid"], ports["squid"] = squid, squid_port
+        try:
+            wait_port(up_port)
+            for name, port in ports.items():
+                if port is not None:
+                    wait_port(port)
+            rows = []
+            for conns in (int(c) for c in args.conns.split(",")):
+                base = None
+                for name, port in ports.items():
+                    wrk(port, up_port, conns, 1, tmp)  # warm-up
+                    res = wrk(port, up_port, conns, args.duration, tmp)
+                    base = base or res
+                    rows.append((name, conns, res, base))
+        finally:
+            for proc in procs.values():
+                stop(proc)
+    print(f"\npass-through, allow-all policy, wrk {args.duration}s per row, {os.cpu_count()} cores shared "
+          "by wrk, upstream and proxy\n")
+    print(f"{'target':<12} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'non-2xx':>8}")
+    for name, conns, res, base in rows:
+        print(f"{name:<12} {conns:>5} {res['rps']:>10.0f} {res['p50']:>8.2f} {res['p99']:>8.2f} "
+              f"{res['p50'] - base['p50']:>8.2f} {res['p99'] - base['p99']:>8.2f} {res['non2xx']:>8.0f}")
+    allow, hold = policy_eval_p50()
+    print("\npolicy evaluation (shipped policies, input build + eval + decision parse), p50 of 3000\n")
+    print(f"{'input':<36} {'p50 µs':>8}")
+    print(f"{'GET to an unlisted host (allow)':<36} {allow:>8.0f}")
+    print(f"{'POST Stripe charge (hold)':<36} {hold:>8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
