@@ -100,11 +100,7 @@ class ReviewAPI:
                             status_code=200 if ok else 503)
 
     async def metrics(self, request: Request) -> Response:
-        try:
-            self.gate.metrics.pending.set(await self.gate.store.count_pending())
-            self.gate.metrics.grants_active.set(len(await self.gate.store.list_grants(self.gate.clock())))
-        except StoreError:
-            pass  # the scrape still answers; /readyz reports the store
+        await self.gate.metrics.refresh(self.gate.store, self.gate.clock())  # store-backed gauges
         return Response(generate_latest(self.gate.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:

@@ -8,12 +8,15 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 from proxy.config import Settings
 from proxy.gate import Gate
 from review_ui.api import ReviewAPI
 from review_ui.auth import ReviewerAuth
 from review_ui.security import SecurityHeaders
+from review_ui.sessions import Sessions
+from review_ui.web import WebUI
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -28,7 +31,11 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dict[str, bool]]],
                *, settings: Settings | None = None, admin_token: str | None = None) -> Starlette:
     api = ReviewAPI(gate, auth, ready)
-    routes = api.routes()
+    routes: list[BaseRoute] = list(api.routes())
+    if settings is not None:  # the web UI: its sessions also authenticate API calls (+ CSRF)
+        sessions = Sessions(settings, admin_token)
+        auth.session_reviewer = sessions.api_reviewer
+        routes += WebUI(gate, sessions).routes()
     return Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],

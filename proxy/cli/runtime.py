@@ -21,15 +21,17 @@ from pathlib import Path
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
-from proxy.config import Settings
+from proxy.config import ReviewSettings, Settings
 from proxy.credentials import new_token
 from proxy.errors import StoreError
 from proxy.events import EventBus
 from proxy.gate import Gate
 from proxy.metrics import Metrics
 from proxy.netguard import AddressPolicy
+from proxy.notify import Notifier
 from proxy.policy.embedded import EmbeddedEngine
 from proxy.policy.engine import PolicyEngine
+from proxy.server import ConnectHandler as ConnectHandlerFn
 from proxy.server import ListenError, ProxyServer
 from proxy.store import open_store
 from proxy.upstream import Upstream
@@ -111,6 +113,9 @@ class Runtime:
                                       AgentAuthenticator(s.proxy.agents, s.proxy.require_agent_auth))
             self._proxy.connect = self._connect_handler()
             self.proxy_address = await self._proxy.start(sock=sockets["proxy"])
+            if s.notify.webhooks:  # holds happen where the proxy listener runs
+                self._tasks.append(Notifier(s.notify.webhooks, s.review.public_url, self.metrics)
+                                   .start(self.gate.events))
         self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
 
     def _bind(self) -> dict[str, socket.socket]:
@@ -129,12 +134,13 @@ class Runtime:
             raise
         return sockets
 
-    def _connect_handler(self):  # type: ignore[no-untyped-def]
-        try:
-            from proxy.connect import ConnectHandler
-        except ImportError:
-            return None
-        return ConnectHandler(self.settings, self.gate, self._proxy).handle  # type: ignore[arg-type]
+    def _connect_handler(self) -> ConnectHandlerFn:
+        """CONNECT handling; loads (or creates) the local CA now, so that `hitl-proxy ca export`
+        and the running proxy agree, and a bad proxy.ca_dir fails the start."""
+        from proxy.connect import ConnectHandler
+
+        assert self._proxy is not None
+        return ConnectHandler(self.settings, self.gate, self._proxy).handle
 
     def _admin_token(self) -> str | None:
         s = self.settings
@@ -181,8 +187,10 @@ class Runtime:
             lines.append(f"hitl-proxy: review listening on http://{_fmt(h)}:{p}")
         if self.admin_token and self.review_address:
             base = self.settings.review.public_url
-            if self.settings.review.listen.port == 0:
+            # The default public_url only fits the default listen address: follow a changed one.
+            if base == ReviewSettings().public_url and tuple(self.review_address) != ("127.0.0.1", 8081):
                 h, p = self.review_address
+                h = "127.0.0.1" if h in ("0.0.0.0", "::") else h
                 base = f"http://{_fmt(h)}:{p}"
             lines.append(f"hitl-proxy: no reviewer configured; log in as admin at "
                          f"{base}/login?token={self.admin_token}")

@@ -1,0 +1,268 @@
+"""Web UI sessions: who the browser is, and proof that a state-changing call came from our page.
+
+Theory of operation:
+
+1. A session is a signed cookie, ``hitl_session = <payload>.<hmac>``: HMAC-SHA256 with a 32-byte
+   key kept in ``<data_dir>/ui-session-key`` (created 0600 on first use), so sessions survive a
+   restart and nothing secret rides in the cookie itself.
+2. The payload names how the reviewer logged in (``m``: ``password`` | ``admin`` | ``header``) and a
+   *binding* (``b``) that must still hold on every request: a digest of the user's current
+   password hash (changing a password logs its sessions out), a digest of this process's admin
+   token (a restart mints a new one, so old admin sessions end), or the user named by the trusted
+   header on this very request. Groups always come from the current config or header, never
+   from the cookie.
+3. The CSRF token is ``HMAC(key, "csrf|" + sid)``: derived, never stored, different per session.
+   Cookie sessions must send it as ``X-CSRF-Token`` (fetch) or the ``csrf`` form field on every
+   state-changing method; a missing or wrong one is a 403 ``csrf_failed``.
+4. Logout revokes the session id in memory until the session would have expired anyway.
+5. Login failures are counted per client address over a sliding minute; the sixth within it
+   is answered 429 until the window moves on, so a password cannot be guessed at speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.requests import Request
+
+from proxy.config import Settings, UserCredential
+from proxy.credentials import VerifiedCache, hash_secret
+from proxy.errors import GateError
+from proxy.model import Reviewer
+
+COOKIE = "hitl_session"
+LOGIN_COOKIE = "hitl_login"  # double-submit token for the login form (login CSRF)
+SESSION_SECONDS = 12 * 3600
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CsrfFailed(GateError):
+    status, code = 403, "csrf_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    sid: str
+    user: str
+    method: str  # password | admin | header
+    binding: str
+    expires: float
+
+
+def load_key(data_dir: Path) -> bytes:
+    """The signing key, created with mode 0600 on first use. Two processes racing to create
+    it both end up reading the one that won (O_EXCL)."""
+    path = data_dir / "ui-session-key"
+    try:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class LoginLimiter:
+    """At most ``limit`` failed logins per address per ``window`` seconds."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        now = self.clock()
+        q = self._failures.setdefault(address, deque())
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        return q
+
+    def blocked(self, address: str) -> int:
+        """Seconds until this address may try again; 0 when it may now."""
+        q = self._recent(address)
+        if len(q) < self.limit:
+            if not q:
+                self._failures.pop(address, None)  # keep the table small
+            return 0
+        return max(1, int(q[0] + self.window - self.clock()) + 1)
+
+    def failed(self, address: str) -> None:
+        self._recent(address).append(self.clock())
+        if len(self._failures) > 10_000:  # a flood of addresses: forget the oldest
+            self._failures.pop(next(iter(self._failures)))
+
+
+class Sessions:
+    def __init__(self, settings: Settings, admin_token: str | None, key: bytes | None = None) -> None:
+        self.settings = settings
+        self.key = key if key is not None else load_key(settings.data_dir)
+        self.secure = settings.review.public_url.lower().startswith("https://")
+        self._admin = _digest(admin_token) if admin_token else None
+        self._admin_token = admin_token
+        self._users: dict[str, UserCredential] = {u.name: u for u in settings.review.users}
+        self._revoked: dict[str, float] = {}
+        self._verified = VerifiedCache()
+        self.limiter = LoginLimiter()
+
+    # -- cookies -------------------------------------------------------------------------
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, user: str, method: str, binding: str) -> tuple[Session, str]:
+        session = Session(secrets.token_urlsafe(16), user, method, binding, time.time() + SESSION_SECONDS)
+        payload = _b64(json.dumps({"sid": session.sid, "u": user, "m": method, "b": binding,
+                                   "exp": int(session.expires)}, separators=(",", ":")).encode())
+        return session, f"{payload}.{self._sign(payload)}"
+
+    def parse(self, cookie: str | None) -> Session | None:
+        if not cookie or cookie.count(".") != 1:
+            return None
+        payload, sig = cookie.split(".")
+        if not hmac.compare_digest(sig.encode(), self._sign(payload).encode()):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+            session = Session(str(data["sid"]), str(data["u"]), str(data["m"]), str(data["b"]),
+                              float(data["exp"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if session.expires <= time.time() or session.sid in self._revoked:
+            return None
+        return session
+
+    def revoke(self, session: Session) -> None:
+        now = time.time()
+        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
+        self._revoked[session.sid] = session.expires
+
+    def csrf_token(self, session: Session) -> str:
+        return _b64(hmac.new(self.key, f"csrf|{session.sid}".encode(), hashlib.sha256).digest())
+
+    def csrf_ok(self, session: Session, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest((token or "").encode(), self.csrf_token(session).encode())
+
+    def cookie_kwargs(self) -> dict[str, object]:
+        return {"httponly": True, "samesite": "lax", "secure": self.secure, "path": "/"}
+
+    # -- logging in ----------------------------------------------------------------------
+    async def check_password(self, name: str, password: str) -> tuple[Session, str] | None:
+        user = self._users.get(name)
+        if user is None:
+            # Pay the same argon2 price for an unknown name, so timing does not list users.
+            await self._verified.verify(await asyncio.to_thread(_dummy_hash), password)
+            return None
+        if not await self._verified.verify(user.password_hash, password):
+            return None
+        return self.issue(name, "password", _digest(user.password_hash))
+
+    def check_admin_token(self, token: str) -> tuple[Session, str] | None:
+        if not self._admin_token or not token:
+            return None
+        if not hmac.compare_digest(_digest(token), self._admin or ""):
+            return None
+        return self.issue("admin", "admin", self._admin or "")
+
+    def header_user(self, request: Request) -> tuple[str, tuple[str, ...]] | None:
+        """The reviewer named by the trusted header, when the peer is one of its proxies."""
+        trusted = self.settings.review.trusted_header
+        if trusted is None or request.client is None:
+            return None
+        try:
+            peer = ipaddress.ip_address(request.client.host)
+        except ValueError:
+            return None
+        if not any(peer in net for net in trusted.from_networks):
+            return None
+        user = request.headers.get(trusted.user, "").strip()
+        if not user:
+            return None
+        groups: tuple[str, ...] = ()
+        if trusted.groups:
+            raw = request.headers.get(trusted.groups, "")
+            groups = tuple(g.strip() for g in raw.split(",") if g.strip())
+        return user, groups
+
+    # -- resolving a request -------------------------------------------------------------
+    def reviewer_for(self, session: Session, request: Request) -> Reviewer | None:
+        """The reviewer a valid session stands for now, or None when its binding broke."""
+        if session.method == "password":
+            user = self._users.get(session.user)
+            if user is None or _digest(user.password_hash) != session.binding:
+                return None
+            return Reviewer(user.name, user.groups)
+        if session.method == "admin":
+            if self._admin is None or not hmac.compare_digest(session.binding, self._admin):
+                return None
+            return Reviewer("admin", ("admin",))
+        if session.method == "header":
+            named = self.header_user(request)
+            if named is None or named[0] != session.user:
+                return None
+            return Reviewer(named[0], named[1])
+        return None
+
+    def current(self, request: Request) -> tuple[Session, Reviewer] | None:
+        session = self.parse(request.cookies.get(COOKIE))
+        if session is None:
+            return None
+        reviewer = self.reviewer_for(session, request)
+        return None if reviewer is None else (session, reviewer)
+
+    async def api_reviewer(self, request: Request) -> Reviewer | None:
+        """The ``ReviewerAuth.session_reviewer`` hook: cookie session (+ CSRF on unsafe
+        methods), or, for reads only, the trusted header itself."""
+        found = self.current(request)
+        if found is not None:
+            session, reviewer = found
+            if request.method in UNSAFE_METHODS and not self.csrf_ok(
+                    session, request.headers.get("x-csrf-token")):
+                raise CsrfFailed("missing or wrong X-CSRF-Token for this session; reload the page")
+            return reviewer
+        named = self.header_user(request)
+        if named is not None:
+            if request.method in UNSAFE_METHODS:
+                # The auth proxy's own cookie rides along on cross-site posts too: a header alone
+                # is no proof the page made this call.
+                raise CsrfFailed("state-changing calls need the web UI's session and X-CSRF-Token")
+            return Reviewer(named[0], named[1])
+        return None
+
+
+_dummy: list[str] = []
+
+
+def _dummy_hash() -> str:
+    if not _dummy:
+        _dummy.append(hash_secret(secrets.token_urlsafe(16)))
+    return _dummy[0]

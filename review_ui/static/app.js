@@ -1,0 +1,275 @@
+// hitl-proxy review UI: live queue, countdowns, decisions through the JSON API.
+// Request content is attacker-controlled: this file only ever writes data with textContent
+// and attributes, never innerHTML. Every state-changing call carries X-CSRF-Token.
+"use strict";
+
+(function () {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = meta ? meta.getAttribute("content") : "";
+  const page = document.body.dataset.page;
+
+  const LABELS = {
+    pending: "Pending", approved: "Approved", forwarding: "Forwarding", forwarded: "Approved · sent",
+    rejected: "Rejected", expired: "Expired", failed: "Failed",
+  };
+  const TONES = {
+    pending: "wait", approved: "good", forwarding: "good", forwarded: "good",
+    rejected: "bad", expired: "muted", failed: "bad",
+  };
+
+  // -- times ------------------------------------------------------------------------------
+  function duration(seconds) {
+    const s = Math.floor(Math.abs(seconds));
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m";
+    if (s < 86400) return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
+    return Math.floor(s / 86400) + "d " + Math.floor((s % 86400) / 3600) + "h";
+  }
+
+  function tick() {
+    const now = Date.now();
+    document.querySelectorAll("[data-age]").forEach(function (el) {
+      const t = Date.parse(el.getAttribute("datetime"));
+      if (!isNaN(t)) el.textContent = duration((now - t) / 1000) + " ago";
+    });
+    document.querySelectorAll("[data-deadline]").forEach(function (el) {
+      const t = Date.parse(el.dataset.deadline);
+      if (isNaN(t)) return;
+      const left = (t - now) / 1000;
+      el.textContent = left <= 0 ? "due now" : duration(left) + " left";
+      el.classList.toggle("soon", left > 0 && left < 300);
+      el.classList.toggle("overdue", left <= 0);
+    });
+  }
+  tick();
+  setInterval(tick, 1000);
+
+  // Local-time tooltips on server-rendered UTC times.
+  document.querySelectorAll("time[datetime]").forEach(function (el) {
+    const t = Date.parse(el.getAttribute("datetime"));
+    if (!isNaN(t)) el.title = new Date(t).toLocaleString();
+  });
+
+  // -- "Show all" on long bodies ------------------------------------------------------------
+  document.querySelectorAll("[data-show-all]").forEach(function (btn) {
+    const label = btn.textContent;
+    btn.addEventListener("click", function () {
+      const box = btn.closest(".bodybox");
+      const open = btn.getAttribute("aria-expanded") === "true";
+      box.querySelector('[data-body="full"]').hidden = open;
+      box.querySelector('[data-body="preview"]').hidden = !open;
+      btn.setAttribute("aria-expanded", String(!open));
+      btn.textContent = open ? label : "Show less";
+    });
+  });
+
+  // -- live events --------------------------------------------------------------------------
+  function listen(onEvent) {
+    if (!window.EventSource) return;
+    const live = document.getElementById("live");
+    const es = new EventSource("/api/events");
+    es.onopen = function () { if (live) live.dataset.state = "on"; };
+    es.onerror = function () { if (live) live.dataset.state = "off"; };
+    ["held", "changed"].forEach(function (type) {
+      es.addEventListener(type, function (e) {
+        try { onEvent(JSON.parse(e.data)); } catch (err) { /* a malformed event: ignore it */ }
+      });
+    });
+  }
+
+  // -- the queue ----------------------------------------------------------------------------
+  function setTitleCount(n) {
+    document.title = (n ? "(" + n + ") " : "") + "Queue · hitl-proxy";
+    const nav = document.getElementById("nav-count");
+    if (nav) nav.textContent = String(n);
+  }
+
+  function fillRow(tpl, item, known) {
+    const li = tpl.content.firstElementChild.cloneNode(true);
+    const set = function (name, text) {
+      const el = li.querySelector('[data-f="' + name + '"]');
+      if (el) el.textContent = text;
+      return el;
+    };
+    li.dataset.id = item.id;
+    if (!known.has(item.id)) li.classList.add("new");
+    li.querySelector(".row-link").setAttribute("href", "/requests/" + encodeURIComponent(item.id));
+    set("message", item.message || "(no message)");
+    set("method", item.method);
+    set("host", item.host);
+    set("path", item.path);
+    set("agent", item.agent);
+    set("approvals", item.approvals + "/" + item.approvals_needed + " approvals");
+    const badge = set("status", LABELS[item.status] || item.status);
+    badge.className = "badge tone-" + (TONES[item.status] || "muted");
+    li.querySelector('[data-f="age"]').setAttribute("datetime", item.created_at);
+    li.querySelector('[data-f="left"]').dataset.deadline = item.deadline || "";
+    return li;
+  }
+
+  function startQueue() {
+    const list = document.getElementById("queue");
+    const tpl = document.getElementById("row-template");
+    const empty = document.getElementById("empty");
+    const shown = document.getElementById("shown-count");
+    let timer = null;
+    let busy = false;
+
+    async function refresh() {
+      if (busy) { schedule(); return; }
+      busy = true;
+      try {
+        const r = await fetch("/queue.json" + window.location.search,
+          { credentials: "same-origin", headers: { Accept: "application/json" } });
+        if (r.status === 401) { window.location.assign("/login?next=/"); return; }
+        if (!r.ok) return;
+        const data = await r.json();
+        const known = new Set(Array.from(list.children).map(function (li) { return li.dataset.id; }));
+        list.replaceChildren.apply(list, data.items.map(function (item) { return fillRow(tpl, item, known); }));
+        empty.hidden = data.items.length > 0;
+        shown.textContent = String(data.items.length);
+        setTitleCount(data.pending);
+        tick();
+      } catch (err) {
+        /* the network blinked: the next event or the periodic refresh retries */
+      } finally {
+        busy = false;
+      }
+    }
+    function schedule() {
+      clearTimeout(timer);
+      timer = setTimeout(refresh, 150); // a burst of events costs one fetch
+    }
+    listen(schedule);
+    setInterval(refresh, 30000); // a safety net should an event be missed
+  }
+
+  // -- a request's detail -------------------------------------------------------------------
+  async function post(url, payload) {
+    const r = await fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf, Accept: "application/json" },
+      body: JSON.stringify(payload),
+    });
+    let data = {};
+    try { data = await r.json(); } catch (err) { /* not JSON: use the status */ }
+    if (!r.ok) throw new Error(data.message || "The server answered " + r.status + ".");
+    return data;
+  }
+
+  function parseHeaders(text) {
+    const out = {};
+    const lines = text.split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i].trim();
+      if (!line) continue;
+      const at = line.indexOf(":");
+      if (at < 1) throw new Error("Header line " + (i + 1) + " is not “name: value”.");
+      const name = line.slice(0, at).trim().toLowerCase();
+      if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name)) throw new Error("“" + name + "” is not a valid header name.");
+      out[name] = line.slice(at + 1).trim();
+    }
+    return out;
+  }
+
+  function startDetail() {
+    const article = document.querySelector("article.detail");
+    const id = article.dataset.id;
+    const base = "/api/requests/" + encodeURIComponent(id) + "/";
+    const errorBox = document.getElementById("action-error");
+    const comment = document.getElementById("comment");
+    const grant = document.getElementById("grant");
+    const editBox = document.getElementById("edit-box");
+    const editBody = document.getElementById("edit-body");
+    const editHeaders = document.getElementById("edit-headers");
+    let acting = false;
+
+    function fail(message) {
+      errorBox.textContent = message;
+      errorBox.hidden = false;
+      errorBox.scrollIntoView({ block: "nearest" });
+    }
+
+    function buildApproval() {
+      const payload = { comment: comment.value };
+      if (grant && grant.value) {
+        const minutes = Number(grant.value);
+        if (!Number.isInteger(minutes) || minutes < 1 || minutes > 10080)
+          throw new Error("Grant minutes must be a whole number from 1 to 10080.");
+        payload.grant_minutes = minutes;
+      }
+      return payload;
+    }
+
+    function buildEdit() {
+      const edit = {};
+      if (editBody.value !== editBody.defaultValue) {
+        if (document.getElementById("edit").dataset.json === "true") {
+          try { JSON.parse(editBody.value); } catch (err) {
+            throw new Error("The edited body is not valid JSON, so nothing was sent: " + err.message);
+          }
+        }
+        edit.body = editBody.value;
+      }
+      const before = parseHeaders(editHeaders.defaultValue);
+      const after = parseHeaders(editHeaders.value);
+      const headers = {};
+      Object.keys(before).forEach(function (k) { if (!(k in after)) headers[k] = null; });
+      Object.keys(after).forEach(function (k) { if (before[k] !== after[k]) headers[k] = after[k]; });
+      if (Object.keys(headers).length) edit.headers = headers;
+      if (!Object.keys(edit).length) throw new Error("Nothing was edited. Use Approve to approve as sent.");
+      return edit;
+    }
+
+    async function act(kind) {
+      if (acting) return;
+      errorBox.hidden = true;
+      let url, payload;
+      try {
+        if (kind === "approve") {
+          url = base + "approve"; payload = buildApproval();
+        } else if (kind === "edit-approve") {
+          url = base + "approve"; payload = buildApproval(); payload.edit = buildEdit();
+        } else if (kind === "reject") {
+          if (!comment.value.trim()) {
+            comment.focus();
+            throw new Error("Write a comment to reject: it is the feedback the agent receives.");
+          }
+          url = base + "reject"; payload = { comment: comment.value };
+        } else {
+          if (!comment.value.trim()) { comment.focus(); throw new Error("Write a comment first."); }
+          url = base + "comment"; payload = { comment: comment.value };
+        }
+      } catch (err) {
+        fail(err.message);
+        return;
+      }
+      acting = true;
+      document.querySelectorAll("[data-act]").forEach(function (b) { b.disabled = true; });
+      try {
+        await post(url, payload);
+        window.location.reload();
+      } catch (err) {
+        fail(err.message);
+        document.querySelectorAll("[data-act]").forEach(function (b) { b.disabled = false; });
+        acting = false;
+      }
+    }
+
+    document.querySelectorAll("[data-act]").forEach(function (btn) {
+      btn.addEventListener("click", function () { act(btn.dataset.act); });
+    });
+
+    const changed = document.getElementById("changed");
+    document.getElementById("reload").addEventListener("click", function () { window.location.reload(); });
+    listen(function (event) {
+      if (event.id !== id || acting) return;
+      const untouched = (!comment || !comment.value) && (!editBox || !editBox.open);
+      if (untouched) window.location.reload();
+      else changed.hidden = false; // keep what the reviewer is typing; offer a reload
+    });
+  }
+
+  if (page === "queue") startQueue();
+  if (page === "detail") startDetail();
+})();

@@ -1,0 +1,240 @@
+"""The reviewer web UI: login, the live queue, a request's detail, history.
+
+Server-rendered with Jinja2 (autoescaped: request content is attacker-controlled). Decisions
+go through the JSON review API from ``static/app.js`` with the session's CSRF token, so the
+UI and the API share one set of rules (DESIGN §8). Pages without a session redirect to the
+login page; the session rules live in ``sessions.py``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from proxy.errors import StoreError
+from proxy.gate import Gate
+from proxy.model import Reviewer
+from review_ui import present
+from review_ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
+from review_ui.serialize import request_json
+
+HERE = Path(__file__).parent
+OPEN_STATUSES = ["pending", "approved", "forwarding"]
+DECIDED_STATUSES = ["approved", "forwarding", "forwarded", "rejected", "expired", "failed"]
+QUEUE_FILTERS = {"pending": ["pending"], "approved": ["approved", "forwarding"],
+                 "open": OPEN_STATUSES, "failed": ["failed"]}
+QUEUE_LIMIT = 500
+
+Page = Callable[[Request, Session, Reviewer], Awaitable[Response]]
+
+
+def _safe_next(value: str | None) -> str:
+    """Only same-site paths: ``//evil.example`` and ``https://…`` would leave the site."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+class WebUI:
+    def __init__(self, gate: Gate, sessions: Sessions) -> None:
+        self.gate = gate
+        self.sessions = sessions
+        self.secret_headers = gate.settings.proxy.secret_headers
+        self.env = Environment(loader=FileSystemLoader(HERE / "templates"),
+                               autoescape=select_autoescape(default=True, default_for_string=True))
+        self.env.filters.update(present.jinja_filters())
+
+    def routes(self) -> list[BaseRoute]:
+        p = self._page
+        return [
+            Route("/", p(self.queue)),
+            Route("/queue.json", p(self.queue_json)),
+            Route("/requests/{id}", p(self.detail)),
+            Route("/history", p(self.history)),
+            Route("/login", self.login_form, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ]
+
+    # -- plumbing ------------------------------------------------------------------------
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    def _set_session(self, response: Response, cookie: str) -> None:
+        response.set_cookie(COOKIE, cookie, max_age=12 * 3600, **self.sessions.cookie_kwargs())  # type: ignore[arg-type]
+
+    def _page(self, handler: Page) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            found = self.sessions.current(request)
+            fresh_cookie = None
+            if found is None and (named := self.sessions.header_user(request)) is not None:
+                # Behind an auth proxy: the header logs the reviewer in; the session exists
+                # to carry the CSRF token.
+                session, fresh_cookie = self.sessions.issue(named[0], "header", named[0])
+                found = (session, Reviewer(named[0], named[1]))
+            if found is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                if request.url.path.endswith(".json"):
+                    return JSONResponse({"error": "unauthorized", "message": "log in"}, status_code=401)
+                return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+            session, reviewer = found
+            try:
+                response = await handler(request, session, reviewer)
+            except StoreError as exc:
+                response = self.render("error.html", 503, title="Store unavailable", message=str(exc),
+                                       **self._common(session, reviewer))
+            if fresh_cookie:
+                self._set_session(response, fresh_cookie)
+            return response
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    def _common(self, session: Session, reviewer: Reviewer) -> dict[str, Any]:
+        return {"reviewer": reviewer, "csrf": self.sessions.csrf_token(session),
+                "can_logout": session.method != "header"}
+
+    def _json(self, rec: Any, reviewer: Reviewer) -> dict[str, Any]:
+        return request_json(rec, self.secret_headers, reviewer)
+
+    # -- login ---------------------------------------------------------------------------
+    def _address(self, request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def _login_page(self, request: Request, status: int = 200, error: str = "",
+                    name: str = "") -> Response:
+        token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+        response = self.render("login.html", status, error=error, name=name, login_csrf=token,
+                               next=_safe_next(request.query_params.get("next")),
+                               has_users=bool(self.gate.settings.review.users))
+        response.set_cookie(LOGIN_COOKIE, token, max_age=3600, **self.sessions.cookie_kwargs())  # type: ignore[arg-type]
+        return response
+
+    async def login_form(self, request: Request) -> Response:
+        address = self._address(request)
+        token = request.query_params.get("token")
+        if token is not None:
+            if wait := self.sessions.limiter.blocked(address):
+                return self._login_page(request, 429, f"Too many failed logins. Try again in {wait} s.")
+            issued = self.sessions.check_admin_token(token)
+            if issued is None:
+                self.sessions.limiter.failed(address)
+                return self._login_page(request, 401, "That login link is not valid (any more). "
+                                        "Use the link printed by the latest `hitl-proxy serve`.")
+            # Redirect at once, so the token leaves the address bar and the history.
+            response = RedirectResponse("/", status_code=303)
+            self._set_session(response, issued[1])
+            return response
+        if self.sessions.current(request) is not None:
+            return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
+        return self._login_page(request)
+
+    async def login(self, request: Request) -> Response:
+        address = self._address(request)
+        form = await request.form()
+        name = str(form.get("name", ""))[:200]
+        password = str(form.get("password", ""))[:1000]
+        sent = str(form.get("csrf", ""))
+        cookie = request.cookies.get(LOGIN_COOKIE, "")
+        if not cookie or not hmac.compare_digest(sent.encode(), cookie.encode()):
+            return self._login_page(request, 403, "Your login form expired. Please try again.", name)
+        if wait := self.sessions.limiter.blocked(address):
+            return self._login_page(request, 429, f"Too many failed logins. Try again in {wait} s.", name)
+        issued = await self.sessions.check_password(name, password) if name and password else None
+        if issued is None:
+            self.sessions.limiter.failed(address)
+            return self._login_page(request, 401, "Wrong user name or password.", name)
+        response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
+        self._set_session(response, issued[1])
+        response.delete_cookie(LOGIN_COOKIE, path="/")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        found = self.sessions.current(request)
+        if found is not None:
+            form = await request.form()
+            if not self.sessions.csrf_ok(found[0], str(form.get("csrf", ""))):
+                return self.render("error.html", 403, title="Not logged out",
+                                   message="The logout form was stale (missing CSRF token). "
+                                           "Go back, reload and try again.")
+            self.sessions.revoke(found[0])
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    # -- pages ---------------------------------------------------------------------------
+    async def _queue_items(self, request: Request, reviewer: Reviewer) -> dict[str, Any]:
+        q = request.query_params
+        status = q.get("status", "pending")
+        statuses = QUEUE_FILTERS.get(status, ["pending"])
+        agent, host = q.get("agent", "").strip(), q.get("host", "").strip()
+        items, _ = await self.gate.store.list(statuses=statuses, agent=agent or None,
+                                              host=host or None, limit=QUEUE_LIMIT)
+        rows = sorted((self._json(r, reviewer) for r in items), key=lambda r: r["deadline"] or "")
+        return {"items": rows, "pending": await self.gate.store.count_pending(),
+                "filters": {"status": status if status in QUEUE_FILTERS else "pending",
+                            "agent": agent, "host": host}}
+
+    async def queue(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
+        data = await self._queue_items(request, reviewer)
+        agents, hosts = await self._facets()
+        return self.render("queue.html", page="queue", agents=agents, hosts=hosts,
+                           statuses=list(QUEUE_FILTERS), **data, **self._common(session, reviewer))
+
+    async def queue_json(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
+        data = await self._queue_items(request, reviewer)
+        return JSONResponse({"items": data["items"], "pending": data["pending"]},
+                            headers={"Cache-Control": "no-store"})
+
+    async def _facets(self) -> tuple[list[str], list[str]]:
+        """Agents and hosts seen among recent requests, for the filter pickers."""
+        items, _ = await self.gate.store.list(limit=QUEUE_LIMIT)
+        return (sorted({r.agent for r in items}), sorted({r.request.host for r in items}))
+
+    async def detail(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
+        rec = await self.gate.store.get(request.path_params["id"])
+        common = self._common(session, reviewer)
+        if rec is None:
+            return self.render("error.html", 404, title="Not found",
+                               message="There is no held request with that id.", **common)
+        item = self._json(rec, reviewer)
+        body = present.present_body(item["body_text"], item["body_size"], item["headers"])
+        edit_body = None
+        if item.get("edit"):
+            e = item["edit"]
+            edit_body = present.present_body(e["body_text"], len((e["body_text"] or "").encode()),
+                                             e["headers"])
+        return self.render(
+            "detail.html", page="detail", item=item, body=body, edit_body=edit_body,
+            json_body=body.kind == "json" or present.is_json_type(present.content_type(item["headers"])),
+            edit_headers=present.editable_headers(item["headers"]),
+            pending=await self.gate.store.count_pending(), **common)
+
+    async def history(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
+        q = request.query_params
+        filters = {k: q.get(k, "").strip()[:200] for k in ("agent", "host", "q", "outcome")}
+        statuses = DECIDED_STATUSES
+        if filters["outcome"] in DECIDED_STATUSES:
+            statuses = [filters["outcome"]]
+        items, cursor = await self.gate.store.list(
+            statuses=statuses, agent=filters["agent"] or None, host=filters["host"] or None,
+            text=filters["q"] or None, limit=50, cursor=q.get("cursor") or None)
+        older = None
+        if cursor:
+            older = "/history?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in filters.items() if v)
+            older += ("&" if older[-1] != "?" else "") + f"cursor={quote(cursor, safe='')}"
+        return self.render("history.html", page="history", items=[self._json(r, reviewer) for r in items],
+                           filters=filters, outcomes=DECIDED_STATUSES, older=older,
+                           pending=await self.gate.store.count_pending(), **self._common(session, reviewer))
