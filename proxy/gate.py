@@ -43,6 +43,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.events import EventBus
+from proxy.logs import log_decision, note
 from proxy.metrics import Metrics
 from proxy.model import Action, Agent, AgentRequest, Decision, HoldStatus, OnTimeout, Reviewer, Verdict
 from proxy.policy.engine import PolicyEngine
@@ -106,12 +107,14 @@ class Gate:
             decision = await self.policy.decide(build_input(req, agent, self.clock(), self._secret_headers))
         except PolicyError as exc:
             self.metrics.requests.labels("error", "policy_error").inc()
-            log.error("policy error for %s %s: %s", req.method, req.url, exc.message)
+            note(agent=agent.id, host=req.authority, path=req.path, action="error", rule="policy_error")
+            log.error("policy error for %s %s%s: %s", req.method, req.authority, req.path, exc.message)
             raise PolicyError(f"the policy could not decide, so the request was not sent: {exc.message}",
                               request_id=request_id) from exc
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
+        note(agent=agent.id, host=req.authority, path=req.path, action=decision.action.value, rule=decision.rule)
         return decision
 
     async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
@@ -139,32 +142,44 @@ class Gate:
         now = self.clock()
         hold = self.settings.hold
         try:
-            grant = await self.store.find_grant(agent.id, req.method, req.host, req.path, now)
-            if grant is not None:
-                request_id = new_id(now)
-                self.metrics.decisions.labels("granted", decision.rule).inc()
-                await self.store.audit_append(now, "granted", request_id, f"grant:{grant.id}", {
-                    "method": req.method, "url": req.url, "granted_by": grant.created_by})
-                return await self._forward_live(req, request_id, (f"{grant.created_by} (standing grant)",))
+            # A live record for this very request comes first: the approval that created a
+            # grant must still forward (or replay) its own request, exactly once.
             fingerprint = req.fingerprint(agent.id)
             rec = await self.store.find_by_fingerprint(fingerprint, now, hold.replay_window)
+            if rec is None:
+                grant = await self.store.find_grant(agent.id, req.method, req.host, req.path, now)
+                if grant is not None:
+                    request_id = new_id(now)
+                    self.metrics.decisions.labels("granted", decision.rule).inc()
+                    log_decision(request_id, "granted", decision.rule, agent.id, f"grant:{grant.id}")
+                    await self.store.audit_append(now, "granted", request_id, f"grant:{grant.id}", {
+                        "method": req.method, "url": req.url, "granted_by": grant.created_by})
+                    return await self._forward_live(req, request_id,
+                                                    (f"{grant.created_by} (standing grant)",))
+            created = False
             if rec is None:
                 if await self.store.count_pending(agent.id) >= hold.max_pending_per_agent:
                     raise TooManyPending(
                         f"{agent.id} already has {hold.max_pending_per_agent} requests waiting for review; "
                         "wait for decisions before sending more")
-                rec = await self.store.create(HoldRecord(
+                # Look up and insert again in one store transaction: an identical request that
+                # arrived meanwhile made the record this one must attach to (Rule 3).
+                rec, created = await self.store.create_or_attach(HoldRecord(
                     id=new_id(now), status=HoldStatus.PENDING, fingerprint=fingerprint,
                     agent=agent.id, agent_address=agent.address, request=req,
                     message=decision.message, rule=decision.rule, reviewers=decision.reviewers,
                     approvals_needed=decision.approvals, grantable=decision.grantable,
                     on_timeout=decision.on_timeout or OnTimeout(hold.on_timeout),
                     created_at=now, deadline=now + (decision.timeout or hold.timeout), updated_at=now,
-                ))
+                ), hold.replay_window)
+            if created:
                 self.metrics.pending.inc()
-                log.info("held %s %s %s as %s (rule %s)", agent.id, req.method, req.url, rec.id, rec.rule)
+                log.info("held %s %s %s%s as %s (rule %s)", agent.id, req.method, req.authority, req.path,
+                         rec.id, rec.rule)
                 self.events.publish({"type": "held", "id": rec.id, "status": rec.status.value,
-                                     "agent": rec.agent, "message": rec.message})
+                                     "agent": rec.agent, "message": rec.message, "rule": rec.rule,
+                                     "method": req.method, "host": req.authority, "path": req.path,
+                                     "reviewers": list(rec.reviewers), "deadline": rec.deadline})
         except StoreError as exc:
             log.error("store unavailable while holding %s %s: %s", req.method, req.url, exc)
             raise StoreUnavailable("the pending store cannot be reached, so this request that needs "
@@ -181,13 +196,14 @@ class Gate:
                                            request_id=request_id)
                 status = rec.status
                 if status is HoldStatus.APPROVED:
-                    claimed = await self.store.claim(request_id, self.clock())
-                    if claimed is not None:
-                        task = asyncio.ensure_future(self._forward_held(claimed))
-                        self._forwards[request_id] = task
-                        task.add_done_callback(lambda _t: self._forwards.pop(request_id, None))
-                        return await asyncio.shield(task)
-                    continue  # someone else claimed it: wait for their result
+                    # Claim and forward are one task shielded from this agent's connection: a
+                    # hang-up right after a won claim must not strand the record in forwarding.
+                    task = asyncio.ensure_future(self._claim_and_forward(request_id))
+                    task.add_done_callback(_retrieve)
+                    reply = await asyncio.shield(task)
+                    if reply is not None:
+                        return reply
+                    continue  # another waiter claimed it, or its deadline passed: re-read
                 if status is HoldStatus.FORWARDED:
                     return self._replay(rec)
                 if status is HoldStatus.REJECTED:
@@ -213,6 +229,16 @@ class Gate:
             raise StoreUnavailable("the pending store cannot be reached; retry later",
                                    request_id=request_id) from exc
 
+    async def _claim_and_forward(self, request_id: str) -> Reply | None:
+        claimed = await self.store.claim(request_id, self.clock())
+        if claimed is None:
+            return None
+        task = asyncio.current_task()
+        if task is not None:
+            self._forwards[request_id] = task  # type: ignore[assignment]
+            task.add_done_callback(lambda _t: self._forwards.pop(request_id, None))
+        return await self._forward_held(claimed)
+
     async def _forward_held(self, rec: HoldRecord) -> Reply:
         fwd = rec.forward_request()
         now = self.clock
@@ -228,6 +254,12 @@ class Gate:
             self._changed(rec.id, "failed")
             exc.request_id = rec.id
             raise
+        except Exception as exc:  # a bug below us must still settle the record, not strand it
+            log.exception("forward of %s failed unexpectedly", rec.id)
+            await self.store.fail(rec.id, f"internal error: {type(exc).__name__}", now())
+            self._changed(rec.id, "failed")
+            raise UpstreamError("the approved request could not be forwarded (internal error); "
+                                "it is not sent again", request_id=rec.id) from exc
         done = await self.store.complete(rec.id, response, now(), REPLAY_BODY_LIMIT)
         self._changed(rec.id, "forwarded")
         return Reply(rec.id, response.status, response.reason, list(response.headers),
@@ -309,7 +341,7 @@ class Gate:
             self.metrics.decisions.labels(outcome, rec.rule).inc()
             self.metrics.decision_seconds.labels(rec.rule).observe(max(0.0, now - rec.created_at))
             self.metrics.pending.dec()
-            log.info("%s %s by %s", rec.id, outcome, reviewer.name)
+            log_decision(rec.id, outcome, rec.rule, rec.agent, reviewer.name, now - rec.created_at)
         self._changed(request_id, rec.status.value, reviewer=reviewer.name)
         return rec
 
@@ -322,9 +354,13 @@ class Gate:
 
     async def expire_due(self) -> None:
         for rec in await self.store.expire_due(self.clock(), self.settings.hold.timeout):
-            if not rec.approved_by:  # it was still pending: the deadline decided it
+            # Counted once, when the deadline decided a pending record (→ expired, or → approved
+            # by on_timeout: allow); not when an approval whose agent never came back lapses.
+            if rec.status is HoldStatus.APPROVED or rec.approved_digest is None:
                 self.metrics.decisions.labels("expired", rec.rule).inc()
-            log.info("%s reached its deadline: now %s", rec.id, rec.status.value)
+                log_decision(rec.id, "expired", rec.rule, rec.agent, "timeout", self.clock() - rec.created_at)
+            else:
+                log.info("%s reached its deadline: now %s", rec.id, rec.status.value)
             self._changed(rec.id, rec.status.value)
         self.metrics.pending.set(await self.store.count_pending())
 
@@ -335,6 +371,13 @@ class Gate:
             except StoreError as exc:
                 log.error("cannot apply deadlines: %s", exc)
             await asyncio.sleep(interval)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Collect a shielded task's exception when its agent has gone, so asyncio does not log
+    'exception was never retrieved'; the outcome is in the store either way."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) -> dict[str, Any]:

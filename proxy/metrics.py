@@ -1,17 +1,30 @@
 """Prometheus metrics (DESIGN §9), on a registry of their own so that tests and several
-gates in one process never share counters."""
+gates in one process never share counters.
+
+Counters are named without ``_total``: prometheus-client appends it, so the exposition
+carries ``hitl_requests_total``, ``hitl_decisions_total`` and so on. The gauges that
+describe the store (pending requests, the oldest one's age, active grants) are read from
+the store at each scrape (``refresh``), so they are right after a restart and when several
+processes share one store; the gate's own ``inc``/``dec`` only keep them roughly current
+between scrapes.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from proxy import __version__
 
-# Policy evaluation is tens to hundreds of microseconds.
-_EVAL_BUCKETS = (25e-6, 50e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 0.01, 0.05, 0.25)
-# A human decision takes seconds to hours.
-_DECISION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
-_UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Policy evaluation is tens to hundreds of microseconds; a remote OPA adds milliseconds.
+EVAL_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.25, 1.0)
+# A human decision takes seconds to hours (the default deadline is 15 minutes).
+DECISION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+ACTIONS = ("allow", "deny", "hold", "error")
+OUTCOMES = ("approved", "rejected", "expired", "granted")
 
 
 class Metrics:
@@ -23,12 +36,14 @@ class Metrics:
         self.decisions = Counter("hitl_decisions", "Outcomes of held requests, by outcome and rule",
                                  ["outcome", "rule"], registry=r)
         self.pending = Gauge("hitl_pending_requests", "Held requests waiting for a decision", registry=r)
-        self.decision_seconds = Histogram("hitl_decision_seconds", "Time from hold to decision",
-                                          ["rule"], buckets=_DECISION_BUCKETS, registry=r)
+        self.oldest_pending = Gauge("hitl_oldest_pending_age_seconds",
+                                    "Age of the oldest held request still waiting (0 when none)", registry=r)
+        self.decision_seconds = Histogram("hitl_decision_seconds", "Time from hold to a reviewer's decision",
+                                          ["rule"], buckets=DECISION_BUCKETS, registry=r)
         self.policy_eval = Histogram("hitl_policy_eval_seconds", "Policy evaluation time",
-                                     buckets=_EVAL_BUCKETS, registry=r)
+                                     buckets=EVAL_BUCKETS, registry=r)
         self.upstream_seconds = Histogram("hitl_upstream_seconds", "Upstream time to response headers",
-                                          buckets=_UPSTREAM_BUCKETS, registry=r)
+                                          buckets=UPSTREAM_BUCKETS, registry=r)
         self.upstream_errors = Counter("hitl_upstream_errors", "Upstream connection or protocol failures",
                                        registry=r)
         self.grants_active = Gauge("hitl_grants_active", "Standing approvals currently in force", registry=r)
@@ -37,9 +52,11 @@ class Metrics:
         self.tunnel_bytes = Counter("hitl_tunnel_bytes", "Bytes copied through blind tunnels",
                                     ["direction"], registry=r)
         self.notify_failures = Counter("hitl_notify_failures", "Webhook notifications that failed",
-                                       registry=r)
+                                       ["format"], registry=r)
         self.policy_reloads = Counter("hitl_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
+        self.store_up = Gauge("hitl_store_up", "1 when the last scrape could read the pending store",
+                              registry=r)
         Info("hitl_build", "Build information", registry=r).info({"version": __version__})
 
     def observe_upstream(self, seconds: float, error: bool) -> None:
@@ -47,3 +64,22 @@ class Metrics:
             self.upstream_errors.inc()
         else:
             self.upstream_seconds.observe(seconds)
+
+    async def refresh(self, store: Any, now: float) -> None:
+        """Set the store-backed gauges from the store itself (called at each scrape).
+
+        A store that cannot be read leaves the last values and sets ``hitl_store_up`` to 0;
+        the scrape still answers, and ``/readyz`` reports the store."""
+        from proxy.errors import StoreError
+
+        try:
+            pending = await store.count_pending()
+            oldest = await store.oldest_pending()
+            grants = await store.list_grants(now)
+        except StoreError:
+            self.store_up.set(0)
+            return
+        self.store_up.set(1)
+        self.pending.set(pending)
+        self.oldest_pending.set(max(0.0, now - oldest) if oldest is not None else 0)
+        self.grants_active.set(len(grants))

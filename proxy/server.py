@@ -22,6 +22,7 @@ from proxy.errors import BadRequest, GateError, MethodNotAllowed
 from proxy.gate import Gate, Reply
 from proxy.headers import AGENT_HEADER
 from proxy.http1 import ClientGone, HTTPConnection
+from proxy.logs import Access, note
 from proxy.model import DEFAULT_PORTS, Agent, AgentRequest
 from proxy.store.records import new_id
 
@@ -141,15 +142,21 @@ class ProxyServer:
         intercepted CONNECT: requests are then origin-form and must name that authority."""
         while True:
             request_id = new_id()
+            access = Access(http.peer)  # the one access line, written after the reply (logs.py)
             try:
                 event = await http.receive_request()
                 if event is None:
                     return
+                access.request(event.method.decode("ascii", "replace"), event.target.decode("latin-1"))
                 await self._handle(http, event, request_id, tls_authority)
             except GateError as exc:
+                access.status, access.error = exc.status, exc.code
+                access.request_id = exc.request_id
                 if not http.can_send:
                     return
                 await http.send_error(exc, request_id)
+            finally:
+                access.finish(request_id)
             if not http.reusable:
                 return
 
@@ -167,6 +174,7 @@ class ProxyServer:
             if self.connect is None:
                 raise MethodNotAllowed("CONNECT (HTTPS through the proxy) is not enabled on this proxy")
             await self.connect(http, event, agent, request_id)
+            note(agent=agent.id, status=200)  # the tunnel was established, then closed
             return
 
         if tls_authority is not None:
@@ -184,6 +192,7 @@ class ProxyServer:
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
         reply = await self.gate.handle(req, agent)
+        note(status=reply.status, request_id=reply.request_id)
         await self.write_reply(http, reply, head_only=method == "HEAD")
 
     def _inner_target(self, target: str, headers: dict[str, str],

@@ -306,3 +306,25 @@ def test_fifty_concurrent_holds_from_several_agents_each_forwarded_once(make_hit
     assert all(r.status_code == 200 for r in results)
     assert upstream.count("/hold/c") == 50
     assert len({r.path for r in upstream.received}) == 50
+
+
+def test_standing_grant_forwards_the_approved_request_once_then_covers_similar_ones(
+        make_hitl: Any, upstream: Upstream) -> None:
+    hitl = make_hitl({"hold.client_wait": "0.3s"})
+    with hitl.agent() as agent:
+        first = agent.post(upstream.url("/hold/grant"), content=b"one")
+        rid = first.json()["request_id"]
+        with hitl.api() as api:
+            r = api.post(f"/api/requests/{rid}/approve", json={"grant_minutes": 5})
+            assert r.status_code == 200, r.text
+            [grant] = api.get("/api/grants").json()["items"]
+        retry = agent.post(upstream.url("/hold/grant"), content=b"one")
+        similar = agent.post(upstream.url("/hold/grant"), content=b"two")
+        with hitl.api() as api:
+            assert api.get(f"/api/requests/{rid}").json()["status"] == "forwarded"
+            assert api.delete(f"/api/grants/{grant['id']}").status_code == 200
+        after_revoke = agent.post(upstream.url("/hold/grant"), content=b"three")
+    assert retry.status_code == 200 and retry.headers["x-hitl-request-id"] == rid
+    assert similar.status_code == 200 and "standing grant" in similar.headers["x-hitl-approved-by"]
+    assert after_revoke.status_code == 503  # held again once the grant is revoked
+    assert [r.body for r in upstream.received] == [b"one", b"two"]
