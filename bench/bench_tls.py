@@ -1,0 +1,202 @@
+"""HTTPS through hitl-proxy: blind-tunnel throughput against direct, and intercepted req/s.
+
+    .venv/bin/python bench/bench_tls.py [--duration 8]
+
+An HTTPS upstream (asyncio, a trustme certificate) runs in its own process; ``hitl-proxy
+serve`` in another, with an allow-all policy whose ``intercept`` rule makes ``localhost`` a
+blind tunnel and ``127.0.0.1`` intercepted. The load generator is a small asyncio client (wrk
+cannot CONNECT): it opens its connections once (CONNECT + TLS through the proxy, or TLS
+straight to the upstream) and then sends keep-alive requests, reading each response by its
+Content-Length. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import HITL, PY, free_port, start, stop, wait_port  # noqa: E402
+
+BIG = 1024 * 1024
+SMALL_BODY = b'{"ok": true}\n'
+
+POLICY = '''package hitl
+
+import rego.v1
+
+decision := {"action": "allow", "rule": "bench"}
+
+default intercept := true
+
+intercept := false if input.request.host == "localhost"
+'''
+
+
+# -- the upstream (a subprocess) -----------------------------------------------------------
+def _response(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class _UpstreamProto(asyncio.Protocol):
+    big = _response(os.urandom(BIG))
+    small = _response(SMALL_BODY)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head, self.buf = self.buf[:end], self.buf[end + 4:]
+            self.transport.write(self.big if b" /big " in head.split(b"\r\n", 1)[0] + b" " else self.small)
+
+
+async def _serve_upstream(port: int, cert: str, key: str) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_UpstreamProto, "127.0.0.1", port, ssl=ctx, backlog=1024)
+    # The same answers over plain HTTP on port + 1: the gate's cost without any TLS.
+    await loop.create_server(_UpstreamProto, "127.0.0.1", port + 1, backlog=1024)
+    await server.serve_forever()
+
+
+# -- the load generator --------------------------------------------------------------------
+async def _open(target: tuple[str, int], host: str, proxy: int | None,
+                ctx: ssl.SSLContext | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if ctx is None:  # plain HTTP through the proxy (absolute-form requests)
+        assert proxy is not None
+        return await asyncio.open_connection("127.0.0.1", proxy, limit=2 * BIG)
+    if proxy is None:
+        return await asyncio.open_connection(target[0], target[1], ssl=ctx, server_hostname=host,
+                                             limit=2 * BIG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy, limit=2 * BIG)
+    writer.write(f"CONNECT {host}:{target[1]} HTTP/1.1\r\nHost: {host}:{target[1]}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"CONNECT refused: {head!r}")
+    await writer.start_tls(ctx, server_hostname=host)
+    return reader, writer
+
+
+async def _worker(target: tuple[str, int], host: str, proxy: int | None, ctx: ssl.SSLContext | None,
+                  path: str, until: float, totals: list[int]) -> None:
+    reader, writer = await _open(target, host, proxy, ctx)
+    url = path if ctx is not None else f"http://{host}:{target[1]}{path}"
+    request = f"GET {url} HTTP/1.1\r\nHost: {host}:{target[1]}\r\n\r\n".encode()
+    try:
+        while time.perf_counter() < until:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"bad response: {head[:200]!r}")
+            length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            await reader.readexactly(length)
+            totals[0] += 1
+            totals[1] += length
+    finally:
+        writer.close()
+
+
+async def _load(target: tuple[str, int], host: str, proxy: int | None, ctx: ssl.SSLContext | None,
+                path: str, conns: int, duration: float) -> tuple[float, float]:
+    totals = [0, 0]
+    start_at = time.perf_counter()
+    until = start_at + duration
+    await asyncio.gather(*(_worker(target, host, proxy, ctx, path, until, totals) for _ in range(conns)))
+    elapsed = time.perf_counter() - start_at
+    return totals[0] / elapsed, totals[1] / elapsed
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(*args: object) -> tuple[float, float]:
+    return asyncio.run(_load(*args))  # type: ignore[arg-type]
+
+
+# -- the run -------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--upstream", nargs=3, metavar=("PORT", "CERT", "KEY"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.upstream:
+        asyncio.run(_serve_upstream(int(args.upstream[0]), args.upstream[1], args.upstream[2]))
+        return 0
+    import trustme
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        leaf.cert_chain_pems[0].write_to_path(str(tmp / "up.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp / "up.key"))
+        ca.cert_pem.write_to_path(str(tmp / "up-ca.pem"))
+        up_port, proxy_port, review_port = free_port(), free_port(), free_port()
+        (tmp / "policies").mkdir()
+        (tmp / "policies" / "bench.rego").write_text(POLICY)
+        (tmp / "hitl.yaml").write_text(
+            f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{proxy_port}\n"
+            f"  allow_networks: [127.0.0.0/8]\n  ca_dir: {tmp}/data/ca\n"
+            f"  upstream_ca_bundle: {tmp}/up-ca.pem\nreview:\n  listen: 127.0.0.1:{review_port}\n"
+            f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data/hitl.db\n"
+            f"log:\n  level: warning\n  format: json\n")
+        procs = [start([PY, __file__, "--upstream", str(up_port), str(tmp / "up.pem"), str(tmp / "up.key")]),
+                 start([HITL, "serve", "-c", str(tmp / "hitl.yaml")])]
+        try:
+            wait_port(up_port)
+            wait_port(proxy_port)
+            ca_file = tmp / "data" / "ca" / "ca.pem"
+            deadline = time.monotonic() + 20  # the port is bound before the CA is loaded
+            while not ca_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            target, plain = ("127.0.0.1", up_port), ("127.0.0.1", up_port + 1)
+            up_ctx = ssl.create_default_context(cafile=str(tmp / "up-ca.pem"))
+            hitl_ctx = ssl.create_default_context(cafile=str(ca_file))
+            cases = [
+                ("direct, 1 MiB GET", target, "localhost", None, up_ctx, "/big", 8),
+                ("blind tunnel, 1 MiB GET", target, "localhost", proxy_port, up_ctx, "/big", 8),
+                ("direct, small GET", target, "127.0.0.1", None, up_ctx, "/small", 32),
+                ("plain HTTP via proxy", plain, "127.0.0.1", proxy_port, None, "/small", 32),
+                ("intercepted, small GET", target, "127.0.0.1", proxy_port, hitl_ctx, "/small", 32),
+            ]
+            rows = []
+            for name, tgt, host, via, ctx, path, conns in cases:
+                load(tgt, host, via, ctx, path, conns, 1)  # warm-up: connections, leaf certificate
+                cpu0, t0 = proc_cpu(procs[1].pid), time.perf_counter()
+                rps, bps = load(tgt, host, via, ctx, path, conns, args.duration)
+                cpu = (proc_cpu(procs[1].pid) - cpu0) / (time.perf_counter() - t0) if via else 0.0
+                rows.append((name, conns, rps, bps, cpu))
+        finally:
+            for proc in procs:
+                stop(proc)
+    print(f"\nHTTPS through hitl-proxy, {args.duration:g}s per row, keep-alive connections opened once; "
+          f"{os.cpu_count()} cores shared by client, upstream and proxy (load average now "
+          f"{os.getloadavg()[0]:.1f})\n")
+    print(f"{'case':<26} {'conns':>5} {'req/s':>9} {'MiB/s':>9} {'proxy CPU':>9} {'req/s per proxy core':>21}")
+    for name, conns, rps, bps, cpu in rows:
+        per_core = f"{rps / cpu:>21.0f}" if cpu else f"{'':>21}"
+        print(f"{name:<26} {conns:>5} {rps:>9.0f} {bps / BIG:>9.1f} {cpu:>9.0%} {per_core}")
+    direct, tunnel = rows[0][3], rows[1][3]
+    print(f"\nblind tunnel throughput: {tunnel / direct:.2f}x direct (target >= 0.8x); "
+          f"intercepted: {rows[4][2]:.0f} req/s (target >= 1000)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
