@@ -194,7 +194,8 @@ class Upstream:
             raise UpstreamError(f"cannot send this request upstream: {exc}") from exc
         try:
             conn.writer.write(data)
-            await asyncio.wait_for(conn.writer.drain(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await conn.writer.drain()
             event = await self._next_event(conn, stale_ok=conn.reused)
             while isinstance(event, h11.InformationalResponse):
                 event = await self._next_event(conn)
@@ -220,7 +221,8 @@ class Upstream:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = await asyncio.wait_for(conn.reader.read(READ_CHUNK), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    data = await conn.reader.read(READ_CHUNK)
             except TimeoutError as exc:
                 raise UpstreamError(f"upstream {conn.origin[1]} timed out after {self.timeout:g}s") from exc
             except (OSError, ssl.SSLError) as exc:
