@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +22,13 @@ READ_CHUNK = 64 * 1024
 HEAD_TIMEOUT = 30.0  # a client has this long to finish sending a request head
 IDLE_TIMEOUT = 75.0  # a keep-alive connection with no new request is closed after this
 BODY_TIMEOUT = 60.0  # gap allowed between body chunks
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class ClientGone(Exception):
@@ -128,7 +136,7 @@ class HTTPConnection:
             headers.append(("Proxy-Authenticate", 'Basic realm="hitl-proxy"'))
         if exc.status in (400, 413, 431) or self.conn.their_state not in (h11.DONE, h11.IDLE):
             headers.append(("Connection", "close"))
-        await self.send_head(exc.status, headers)
+        await self.send_head(exc.status, headers, _phrase(exc.status))
         await self.send_data(body)
         await self.end()
 
