@@ -91,6 +91,7 @@ class Gate:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.policy = policy  # swapped atomically by a policy reload
+        self.policy_error: str | None = None  # the last failed reload's error; None when healthy
         self.store = store
         self.upstream = upstream
         self.metrics = metrics or Metrics()

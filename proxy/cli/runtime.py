@@ -31,6 +31,7 @@ from proxy.netguard import AddressPolicy
 from proxy.notify import Notifier
 from proxy.policy.embedded import EmbeddedEngine
 from proxy.policy.engine import PolicyEngine
+from proxy.policy.reload import PolicyReloader
 from proxy.server import ConnectHandler as ConnectHandlerFn
 from proxy.server import ListenError, ProxyServer
 from proxy.store import open_store
@@ -83,6 +84,7 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _uvicorn: _EmbeddedUvicorn | None = None
     _proxy: ProxyServer | None = None
+    _reloader: PolicyReloader | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -98,7 +100,10 @@ class Runtime:
                                  ca_bundle=s.proxy.upstream_ca_bundle, observe=self.metrics.observe_upstream)
         self.gate = Gate(settings=s, policy=self.policy, store=self.store, upstream=self.upstream,
                          metrics=self.metrics, events=EventBus())
-        await self.gate.recover()
+        # Only a process that forwards may judge a record left in `forwarding` as interrupted:
+        # a review-only process sharing the store would cut short a live forward elsewhere.
+        if self.role in ("all", "proxy"):
+            await self.gate.recover()
         if "review" in sockets:
             review_sock = sockets["review"]
             self.review_address = review_sock.getsockname()[:2]
@@ -117,6 +122,16 @@ class Runtime:
                 self._tasks.append(Notifier(s.notify.webhooks, s.review.public_url, self.metrics)
                                    .start(self.gate.events))
         self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
+        if s.policy.engine == "embedded":  # a remote OPA reloads its own bundles
+            self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query)
+            self._tasks.append(asyncio.create_task(self._reloader.watch()))
+
+    def reload_policy(self) -> None:
+        """SIGHUP: recompile the policy files now (the watcher would within a second)."""
+        if self._reloader is None:
+            log.warning("SIGHUP: policy.engine is %s, nothing to reload here", self.settings.policy.engine)
+            return
+        self._reloader.trigger("SIGHUP")
 
     def _bind(self) -> dict[str, socket.socket]:
         """Bind every listener of this role before serving any, so that a port in use fails
@@ -172,10 +187,17 @@ class Runtime:
         for task in self._tasks:
             if task.get_coro().__name__ != "serve":  # type: ignore[union-attr]
                 task.cancel()
+        if self._reloader is not None:  # a SIGHUP reload in flight; it audits into the store
+            await asyncio.gather(*self._reloader.cancel(), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.aclose()
         await self.store.aclose()
-        self.policy.close()
+        policy = self.gate.policy  # the one in force: a reload may have replaced self.policy
+        aclose = getattr(policy, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            policy.close()
 
     def ready_lines(self) -> list[str]:
         lines = []

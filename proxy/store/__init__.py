@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 from proxy.errors import StoreError
 from proxy.model import UpstreamResponse
@@ -39,6 +40,9 @@ class AsyncStore:
     async def create(self, rec: HoldRecord) -> HoldRecord:
         return await self._run(self.backend.create, rec)
 
+    async def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+        return await self._run(self.backend.create_or_attach, rec, replay_window)
+
     async def get(self, request_id: str) -> HoldRecord | None:
         return await self._run(self.backend.get, request_id)
 
@@ -47,6 +51,9 @@ class AsyncStore:
 
     async def count_pending(self, agent: str | None = None) -> int:
         return await self._run(self.backend.count_pending, agent)
+
+    async def oldest_pending(self) -> float | None:
+        return await self._run(self.backend.oldest_pending)
 
     async def count_by_status(self) -> dict[str, int]:
         return await self._run(self.backend.count_by_status)
@@ -114,7 +121,18 @@ class AsyncStore:
 
 def open_backend(url: str, secret_headers: frozenset[str] = frozenset()) -> Any:
     if url.startswith("sqlite:///"):
-        return SqliteBackend(Path(url.removeprefix("sqlite:///")), secret_headers=secret_headers)
+        # sqlite:///path.db?busy_timeout=SECONDS: how long a write waits on another
+        # connection's lock before the store counts as unavailable (default 10).
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        options = parse_qs(query)
+        try:
+            busy = float(options.pop("busy_timeout", ["10"])[-1])
+        except ValueError as exc:
+            raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
+        if options or not 0 <= busy <= 3600:
+            raise StoreError(f"store.url: unsupported sqlite options {query!r} "
+                             "(only busy_timeout=SECONDS, 0 to 3600)")
+        return SqliteBackend(Path(path), secret_headers=secret_headers, busy_timeout=busy)
     raise StoreError(f"store.url: unsupported store {url.split(':', 1)[0]!r}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,35 @@ _REQUEST_COLUMNS = {
 
 
 class SqliteBackend:
-    def __init__(self, path: Path, *, secret_headers: frozenset[str] = frozenset()) -> None:
+    def __init__(self, path: Path, *, secret_headers: frozenset[str] = frozenset(),
+                 busy_timeout: float = 10.0) -> None:
         self.path = path
         self._secrets = SECRET_HEADERS | secret_headers
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            self.db = sqlite_utils.Database(conn)
-            self.db.enable_wal()
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._create_schema()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
+        # How long a write waits for another connection's lock before giving up with
+        # StoreError (→ 503 store_unavailable). It bounds how long a held request can hang.
+        self._busy_ms = max(0, int(busy_timeout * 1000))
+        # Two processes (--role proxy and --role review) may open a new file at once; the
+        # switch to WAL takes its lock without waiting, so the set-up is retried, bounded.
+        give_up = time.monotonic() + max(busy_timeout, 1.0)
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                       timeout=busy_timeout)
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                self.db = sqlite_utils.Database(conn)
+                self.db.enable_wal()
+                conn.execute("PRAGMA synchronous = NORMAL")
+                with self._tx():
+                    self._create_schema()
+                break
+            except (sqlite3.OperationalError, StoreError) as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
+                conn.close()
+                time.sleep(0.05)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
 
     # -- schema --------------------------------------------------------------------------
     def _create_schema(self) -> None:
@@ -110,8 +127,16 @@ class SqliteBackend:
     def close(self) -> None:
         self.db.conn.close()
 
-    def ping(self) -> None:
-        self.db.conn.execute("SELECT 1").fetchone()
+    def ping(self, timeout: float = 1.0) -> None:
+        """Readiness: can the store be written? A read would pass while another connection
+        holds the write lock (WAL readers never block), so take the write lock and let go."""
+        conn = self.db.conn
+        conn.execute(f"PRAGMA busy_timeout = {min(self._busy_ms, int(timeout * 1000))}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
     # -- audit ---------------------------------------------------------------------------
     def _audit(self, now: float, event: str, request_id: str | None, actor: str,
@@ -156,25 +181,39 @@ class SqliteBackend:
 
     # -- held requests -------------------------------------------------------------------
     def create(self, rec: HoldRecord) -> HoldRecord:
-        req = rec.request
         with self._tx():
-            self.db.conn.execute(
-                "INSERT INTO requests (id, status, fingerprint, agent, agent_address, method, scheme,"
-                " host, port, target, headers, body, message, rule, reviewers, approvals_needed,"
-                " grantable, on_timeout, created_at, deadline, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.id, rec.status.value, rec.fingerprint, rec.agent, rec.agent_address,
-                 req.method, req.scheme, req.host, req.port, req.target,
-                 json.dumps(list(req.headers)), req.body, rec.message, rec.rule,
-                 json.dumps(list(rec.reviewers)), rec.approvals_needed, int(rec.grantable),
-                 rec.on_timeout.value, rec.created_at, rec.deadline, rec.created_at),
-            )
-            self._audit(rec.created_at, "hold", rec.id, rec.agent, {
-                "method": req.method, "url": req.url, "rule": rec.rule, "message": rec.message,
-                "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
-                "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
-            })
+            self._insert(rec)
         return rec
+
+    def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+        """Rule 3 made atomic: the lookup by fingerprint and the insert share one write
+        transaction, so identical requests arriving together make one review item.
+        Returns (record, created)."""
+        with self._tx():
+            found = self.find_by_fingerprint(rec.fingerprint, rec.created_at, replay_window)
+            if found is not None:
+                return found, False
+            self._insert(rec)
+        return rec, True
+
+    def _insert(self, rec: HoldRecord) -> None:
+        req = rec.request
+        self.db.conn.execute(
+            "INSERT INTO requests (id, status, fingerprint, agent, agent_address, method, scheme,"
+            " host, port, target, headers, body, message, rule, reviewers, approvals_needed,"
+            " grantable, on_timeout, created_at, deadline, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rec.id, rec.status.value, rec.fingerprint, rec.agent, rec.agent_address,
+             req.method, req.scheme, req.host, req.port, req.target,
+             json.dumps(list(req.headers)), req.body, rec.message, rec.rule,
+             json.dumps(list(rec.reviewers)), rec.approvals_needed, int(rec.grantable),
+             rec.on_timeout.value, rec.created_at, rec.deadline, rec.created_at),
+        )
+        self._audit(rec.created_at, "hold", rec.id, rec.agent, {
+            "method": req.method, "url": req.url, "rule": rec.rule, "message": rec.message,
+            "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
+            "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
+        })
 
     def get(self, request_id: str) -> HoldRecord | None:
         rows = self._q("SELECT * FROM requests WHERE id = ?", (request_id,))
@@ -202,6 +241,10 @@ class SqliteBackend:
         return self.db.conn.execute(
             "SELECT count(*) FROM requests WHERE status='pending' AND agent=?", (agent,)
         ).fetchone()[0]
+
+    def oldest_pending(self) -> float | None:
+        """created_at of the oldest pending record (the metrics' hitl_oldest_pending_age_seconds)."""
+        return self.db.conn.execute("SELECT min(created_at) FROM requests WHERE status='pending'").fetchone()[0]
 
     def count_by_status(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in self._q("SELECT status, count(*) AS n FROM requests GROUP BY status")}
@@ -243,6 +286,9 @@ class SqliteBackend:
             wanted = HoldStatus.REJECTED if verdict == "reject" else HoldStatus.APPROVED
             if rec.status is not HoldStatus.PENDING:
                 raise InvalidTransition(request_id, rec.status.value, wanted.value)
+            if rec.deadline <= now:  # the deadline won; the deadline loop just has not run yet
+                due = HoldStatus.APPROVED if rec.on_timeout is OnTimeout.ALLOW else HoldStatus.EXPIRED
+                raise InvalidTransition(request_id, due.value, wanted.value)
             if any(d.reviewer == reviewer for d in rec.decisions):
                 raise InvalidTransition(request_id, f"already decided by {reviewer}", wanted.value)
             self.db.conn.execute(
@@ -281,13 +327,21 @@ class SqliteBackend:
         return self._must_get(request_id)
 
     def claim(self, request_id: str, now: float) -> HoldRecord | None:
-        """approved → forwarding; the caller that gets a record back is the one that forwards."""
+        """approved → forwarding; the caller that gets a record back is the one that forwards.
+        An approval past its deadline is never forwarded: it expires here, in the same
+        transaction, so a retry that races the deadline loop cannot slip it through."""
         with self._tx():
             cur = self.db.conn.execute(
-                "UPDATE requests SET status='forwarding', updated_at=? WHERE id=? AND status='approved'",
-                (now, request_id),
+                "UPDATE requests SET status='forwarding', updated_at=? WHERE id=? AND status='approved'"
+                " AND deadline > ?",
+                (now, request_id, now),
             )
             if cur.rowcount != 1:
+                rec = self.get(request_id)
+                if rec is not None and rec.status is HoldStatus.APPROVED:  # past its deadline
+                    self._move(rec, HoldStatus.EXPIRED, now, "decided_at=COALESCE(decided_at, ?)", (now,))
+                    self._scrub(rec.id)
+                    self._audit(now, "expired", rec.id, "timeout", {"was": rec.status.value})
                 return None
             self._audit(now, "forwarding", request_id, "proxy", {})
         return self._must_get(request_id)
@@ -318,6 +372,11 @@ class SqliteBackend:
         """Apply deadlines: pending → expired (or → approved when on_timeout is allow), and
         approved records whose agent never came back → expired."""
         changed: list[str] = []
+        # A read first: the deadline loop runs twice a second and must not take the write
+        # lock (or wait on someone else's) when nothing is due.
+        if not self._q("SELECT 1 FROM requests WHERE deadline <= ? AND status IN ('pending','approved')"
+                       " LIMIT 1", (now,)):
+            return []
         with self._tx():
             for row in self._q("SELECT id, status, on_timeout FROM requests WHERE deadline <= ?"
                                " AND status IN ('pending','approved')", (now,)):
