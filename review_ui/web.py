@@ -53,6 +53,8 @@ class WebUI:
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True))
         self.env.filters.update(present.jinja_filters())
+        # Read at render time: a failed policy reload shows on every page until fixed.
+        self.env.globals["policy_error"] = lambda: getattr(gate, "policy_error", None)
 
     def routes(self) -> list[BaseRoute]:
         p = self._page
