@@ -64,11 +64,15 @@
   });
 
   // -- live events --------------------------------------------------------------------------
-  function listen(onEvent) {
+  function listen(onEvent, onOpen) {
     if (!window.EventSource) return;
     const live = document.getElementById("live");
     const es = new EventSource("/api/events");
-    es.onopen = function () { if (live) live.dataset.state = "on"; };
+    es.onopen = function () {
+      if (live) live.dataset.state = "on";
+      // Changes made while the stream was down (a reload, a network blip) sent no event.
+      if (onOpen) onOpen();
+    };
     es.onerror = function () { if (live) live.dataset.state = "off"; };
     ["held", "changed"].forEach(function (type) {
       es.addEventListener(type, function (e) {
@@ -262,11 +266,22 @@
 
     const changed = document.getElementById("changed");
     document.getElementById("reload").addEventListener("click", function () { window.location.reload(); });
-    listen(function (event) {
-      if (event.id !== id || acting) return;
+    function changedElsewhere() {
       const untouched = (!comment || !comment.value) && (!editBox || !editBox.open);
       if (untouched) window.location.reload();
       else changed.hidden = false; // keep what the reviewer is typing; offer a reload
+    }
+    listen(function (event) {
+      if (event.id !== id || acting) return;
+      changedElsewhere();
+    }, async function () {
+      try {
+        const r = await fetch("/api/requests/" + encodeURIComponent(id),
+                              { headers: { "Accept": "application/json" } });
+        if (!r.ok) return;
+        const rec = await r.json();
+        if (rec.status !== article.dataset.status && !acting) changedElsewhere();
+      } catch (err) { /* offline: the next event or reconnect will tell */ }
     });
   }
 
