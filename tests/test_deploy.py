@@ -319,6 +319,6 @@ def test_grafana_dashboard_queries_name_real_metrics() -> None:
 
 
 def test_docs_name_the_deploy_files() -> None:
-    text = (ROOT / "docs" / "deploying.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for name in ("Dockerfile", "deploy/compose.yaml", "deploy/k8s", "egress-lock", "/healthz", "/readyz"):
         assert name in text
