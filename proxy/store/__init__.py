@@ -1,6 +1,6 @@
 """The durable pending store behind an async facade.
 
-The backends are synchronous (sqlite3, psycopg) and run on one dedicated thread, so the
+The backends are synchronous (sqlite3; a PostgreSQL one would be too) and run on one dedicated thread, so the
 event loop never blocks on disk and the backend never sees two callers at once. Every
 library error leaves this module as ``StoreError``; the gate maps that to 503
 ``store_unavailable`` (fail closed).
