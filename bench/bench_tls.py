@@ -13,6 +13,7 @@ Content-Length. Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import socket
 import asyncio
 import os
 import ssl
@@ -128,6 +129,19 @@ def load(*args: object) -> tuple[float, float]:
     return asyncio.run(_load(*args))  # type: ignore[arg-type]
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
 # -- the run -------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -146,7 +160,10 @@ def main() -> int:
         leaf.cert_chain_pems[0].write_to_path(str(tmp / "up.pem"))
         leaf.private_key_pem.write_to_path(str(tmp / "up.key"))
         ca.cert_pem.write_to_path(str(tmp / "up-ca.pem"))
-        up_port, proxy_port, review_port = free_port(), free_port(), free_port()
+        up_port = free_port_pair()  # TLS upstream on it, plain HTTP on the next port
+        proxy_port, review_port = free_port(), free_port()
+        while {proxy_port, review_port} & {up_port, up_port + 1}:
+            proxy_port, review_port = free_port(), free_port()
         (tmp / "policies").mkdir()
         (tmp / "policies" / "bench.rego").write_text(POLICY)
         (tmp / "hitl.yaml").write_text(

@@ -213,6 +213,9 @@ class _Pipe:
                   b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter, early: bytes) -> None:
         to_up = self.gate.metrics.tunnel_bytes.labels("to_upstream")
         to_agent = self.gate.metrics.tunnel_bytes.labels("to_agent")
+        for writer in (a_writer, b_writer):
+            # Room for a few chunks in flight: drain() then waits on the peer, not on us.
+            writer.transport.set_write_buffer_limits(high=4 * COPY_CHUNK)
         if early:
             b_writer.write(early)
             to_up.inc(len(early))
@@ -233,7 +236,8 @@ class _Pipe:
         inc = counter.inc
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(COPY_CHUNK), self.idle_timeout)
+                async with asyncio.timeout(self.idle_timeout):  # no extra task per chunk
+                    data = await reader.read(COPY_CHUNK)
             except TimeoutError:
                 if time.monotonic() - self.last_activity < self.idle_timeout:
                     continue  # the other direction is busy: the tunnel is not idle
