@@ -226,7 +226,7 @@ def test_body_over_the_limit_is_413(make_hitl: Any, upstream: Upstream) -> None:
 def test_agent_auth_required(make_hitl: Any, upstream: Upstream) -> None:
     from proxy.credentials import hash_secret
 
-    hitl = make_hitl({"proxy.require_agent_auth": True,
+    hitl = make_hitl({"proxy.require_agent_auth": True, "hold.client_wait": "0.3s",
                       "proxy.agents": [{"id": "billing-agent", "token_hash": hash_secret("s3cret")}]})
     with hitl.agent() as agent:
         missing = agent.get(upstream.url("/"))
@@ -239,10 +239,15 @@ def test_agent_auth_required(make_hitl: Any, upstream: Upstream) -> None:
     with httpx.Client(proxy=f"http://billing-agent:s3cret@{host}:{port}", trust_env=False,
                       timeout=30) as agent:
         ok = agent.get(upstream.url("/"))
-        held = agent.post(upstream.url("/hold/a"), content=b"1", timeout=0.5) if False else None
+        held = agent.post(upstream.url("/hold/a"), content=b"1")
     assert ok.status_code == 200
     assert "proxy-authorization" not in upstream.received[-1].headers
-    del held
+    # the verified identity is what the policy sees (and what reviewers read)
+    assert held.status_code == 503
+    [item] = hitl.wait_pending()
+    assert item["agent"] == "billing-agent"
+    assert item["message"] == "billing-agent wants to POST /hold/a"
+    assert "proxy-authorization" not in item["headers"]
 
 
 def test_too_many_pending_per_agent(make_hitl: Any, upstream: Upstream) -> None:
