@@ -17,7 +17,6 @@ import socket
 import asyncio
 import os
 import ssl
-import subprocess
 import sys
 import tempfile
 import time

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -21,6 +22,11 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended pa
 
 def hash_secret(secret: str) -> str:
     return _hasher.hash(secret)
+
+
+def admin_token_path(data_dir: Path) -> Path:
+    """Where `serve` writes the admin token it mints, for the local CLI to find."""
+    return data_dir / "admin-token"
 
 
 def new_token() -> str:

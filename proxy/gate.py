@@ -174,7 +174,6 @@ class Gate:
                     created_at=now, deadline=now + (decision.timeout or hold.timeout), updated_at=now,
                 ), hold.replay_window)
             if created:
-                self.metrics.pending.inc()
                 log.info("held %s %s %s%s as %s (rule %s)", agent.id, req.method, req.authority, req.path,
                          rec.id, rec.rule)
                 self.events.publish({"type": "held", "id": rec.id, "status": rec.status.value,
@@ -341,7 +340,6 @@ class Gate:
             outcome = "approved" if rec.status is HoldStatus.APPROVED else "rejected"
             self.metrics.decisions.labels(outcome, rec.rule).inc()
             self.metrics.decision_seconds.labels(rec.rule).observe(max(0.0, now - rec.created_at))
-            self.metrics.pending.dec()
             log_decision(rec.id, outcome, rec.rule, rec.agent, reviewer.name, now - rec.created_at)
         self._changed(request_id, rec.status.value, reviewer=reviewer.name)
         return rec
@@ -351,7 +349,6 @@ class Gate:
         for rec in await self.store.recover(self.clock()):
             log.warning("%s was being forwarded when the proxy stopped; marked failed (interrupted), "
                         "not re-sent", rec.id)
-        self.metrics.pending.set(await self.store.count_pending())
 
     async def expire_due(self) -> None:
         for rec in await self.store.expire_due(self.clock(), self.settings.hold.timeout):
@@ -363,7 +360,6 @@ class Gate:
             else:
                 log.info("%s reached its deadline: now %s", rec.id, rec.status.value)
             self._changed(rec.id, rec.status.value)
-        self.metrics.pending.set(await self.store.count_pending())
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
         while True:

@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from proxy import __version__

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from proxy.config import Settings
+from proxy.credentials import admin_token_path
 
 
 def _base_url(args: argparse.Namespace, settings: Settings) -> str:
@@ -25,7 +26,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> str | None:
     if args.token:
         return str(args.token)
     # The local admin token that `serve` writes when no reviewer is configured.
-    path = settings.data_dir / "admin-token"
+    path = admin_token_path(settings.data_dir)
     try:
         return path.read_text().strip() or None
     except OSError:

@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.config import Settings
 from proxy.errors import PolicyError
-from proxy.policy.embedded import EmbeddedEngine, run_tests
+from proxy.policy.embedded import run_tests
 from proxy.policy.engine import PolicyLoadError
 
 

@@ -16,13 +16,12 @@ import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
 from proxy.config import ReviewSettings, Settings
-from proxy.credentials import new_token
+from proxy.credentials import admin_token_path, new_token
 from proxy.errors import StoreError
 from proxy.events import EventBus
 from proxy.gate import Gate
@@ -162,7 +161,7 @@ class Runtime:
         if s.review.users or s.review.tokens or s.review.trusted_header:
             return None
         self.admin_token = new_token()
-        path = admin_token_path(s)
+        path = admin_token_path(s.data_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -222,9 +221,6 @@ class Runtime:
 def _fmt(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
-
-def admin_token_path(settings: Settings) -> Path:
-    return settings.data_dir / "admin-token"
 
 
 async def serve(settings: Settings, role: str = "all") -> int:
