@@ -540,7 +540,7 @@ def test_intercept_must_be_bool(tmp_path: Path) -> None:
 
 
 def test_input_that_cannot_be_passed(tmp_path: Path) -> None:
-    engine = load(tmp_path, 'package hitl\ndecision := {"action": "allow"}\n')
+    engine = load(tmp_path, 'package hitl\ndecision := {"action": "allow"} if input.request\n')
     with pytest.raises(PolicyError, match="cannot be passed"):
         decide(engine, {"request": {"body": float("nan")}})
     with pytest.raises(PolicyError, match="cannot be passed"):

@@ -40,6 +40,7 @@ from proxy.errors import ConfigError, PolicyError
 from proxy.model import Decision
 from proxy.policy.decision import parse_decision
 from proxy.policy.engine import INTERCEPT_QUERY, PolicyLoadError
+from proxy.policy.input_refs import InputRefs, input_refs, prune
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 _QUERY = re.compile(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -61,7 +62,8 @@ class TestResult:
 
 class EmbeddedEngine:
     def __init__(
-        self, rego: regopy.Interpreter, bundle: regopy.Bundle, query: str, description: str
+        self, rego: regopy.Interpreter, bundle: regopy.Bundle, query: str, description: str,
+        refs: InputRefs = None,
     ) -> None:
         self._rego: regopy.Interpreter | None = rego
         self._bundle: regopy.Bundle | None = bundle
@@ -69,6 +71,7 @@ class EmbeddedEngine:
         self._entrypoint = _entrypoint(query)
         self._intercept = _entrypoint(INTERCEPT_QUERY)
         self._description = description
+        self._refs = refs  # the parts of the input the policies can read (input_refs.py)
         self._lock = threading.Lock()  # one interpreter: one evaluation at a time
 
     @classmethod
@@ -92,7 +95,7 @@ class EmbeddedEngine:
             f"embedded (regopy {regopy.__version__}): {_plural(len(modules), 'policy file')}, "
             f"{_plural(len(data_files), 'data file')} under {roots}; query {query}"
         )
-        return cls(rego, bundle, query, description)
+        return cls(rego, bundle, query, description, input_refs(modules.values()))
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         value = self._evaluate(self._entrypoint, input)
@@ -121,7 +124,7 @@ class EmbeddedEngine:
             if self._rego is None or self._bundle is None:
                 raise PolicyError("the policy engine is closed")
             try:
-                _set_input(self._rego, input)
+                _set_input(self._rego, prune(input, self._refs))
             except (regopy.RegoError, *_INPUT_ERRORS) as exc:
                 raise PolicyError(f"the input cannot be passed to the policy: {exc}") from exc
             return _result(self._rego, self._bundle, entrypoint)
@@ -467,15 +470,23 @@ def _input_fast(doc: Any) -> regopy.Input:
     return value
 
 
+_KEYS: dict[str, bytes] = {}
+
+
 def _push(handle: int, value: Any) -> None:
     kind = type(value)
     if kind is str:
         rc = _str(handle, _cstr(value))
     elif kind is dict:
         for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError(f"object key {key!r} is not a string")
-            _check(_str(handle, _cstr(key)))
+            encoded = _KEYS.get(key)
+            if encoded is None:
+                if type(key) is not str:
+                    raise TypeError(f"object key {key!r} is not a string")
+                encoded = _cstr(key)
+                if len(_KEYS) < 4096:  # keys repeat (fields, header names); bounded all the same
+                    _KEYS[key] = encoded
+            _check(_str(handle, encoded))
             _push(handle, item)
             _check(_item(handle))
         rc = _object(handle, len(value))
