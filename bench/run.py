@@ -69,7 +69,7 @@ def wrk(proxy_port: int | None, upstream_port: int, conns: int, duration: int, t
         target = f"http://127.0.0.1:{proxy_port}/"
         args = ["-s", str(script)]
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", *args, target],
-                         capture_output=True, text=True, timeout=duration + 30).stdout
+                         check=False, capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}  # type: ignore[union-attr]
@@ -81,15 +81,17 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def start_hitl(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    (tmp / "policies").mkdir()
+def start_hitl(tmp: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    (tmp / "policies").mkdir(exist_ok=True)
     (tmp / "policies" / "bench.rego").write_text(ALLOW_ALL)
     review = free_port()
-    (tmp / "hitl.yaml").write_text(
-        f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{port}\n  allow_networks: [127.0.0.0/8]\n"
-        f"  ca_dir: {tmp}/data/ca\nreview:\n  listen: 127.0.0.1:{review}\npolicy:\n  paths: [{tmp}/policies]\n"
-        f"store:\n  url: sqlite:///{tmp}/data/hitl.db\nlog:\n  level: warning\n  format: json\n")
-    return start([HITL, "serve", "-c", str(tmp / "hitl.yaml")])
+    config = tmp / f"hitl-{workers}.yaml"
+    config.write_text(
+        f"data_dir: {tmp}/data-{workers}\nproxy:\n  listen: 127.0.0.1:{port}\n  workers: {workers}\n"
+        f"  allow_networks: [127.0.0.0/8]\n  ca_dir: {tmp}/data-{workers}/ca\nreview:\n  listen: 127.0.0.1:{review}\n"
+        f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data-{workers}/hitl.db\n"
+        f"log:\n  level: warning\n  format: json\n")
+    return start([HITL, "serve", "-c", str(config)])
 
 
 def start_tinyproxy(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
@@ -147,18 +149,23 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--conns", default="1,32")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="proxy.workers for the second hitl-proxy row (default: the core count)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (make bench installs it)", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        up_port, hitl_port, tiny_port, squid_port = free_port(), free_port(), free_port(), free_port()
+        up_port, tiny_port, squid_port = free_port(), free_port(), free_port()
         procs = {"upstream": start([PY, str(ROOT / "bench" / "upstream_server.py"), str(up_port)])}
-        procs["hitl-proxy"] = start_hitl(tmp, hitl_port)
+        ports: dict[str, int | None] = {"direct": None}
+        for workers in sorted({1, args.workers}):
+            name = f"hitl-proxy/{workers}"  # proxy.workers: processes serving the listener
+            ports[name] = free_port()
+            procs[name] = start_hitl(tmp, ports[name], workers)  # type: ignore[arg-type]
         tiny = start_tinyproxy(tmp, tiny_port)
         squid = start_squid(tmp, squid_port)
-        ports: dict[str, int | None] = {"direct": None, "hitl-proxy": hitl_port}
         if tiny:
             procs["tinyproxy"], ports["tinyproxy"] = tiny, tiny_port
         if squid:
@@ -180,10 +187,10 @@ def main() -> int:
             for proc in procs.values():
                 stop(proc)
     print(f"\npass-through, allow-all policy, wrk {args.duration}s per row, {os.cpu_count()} cores shared "
-          "by wrk, upstream and proxy\n")
-    print(f"{'target':<12} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'non-2xx':>8}")
+          "by wrk, upstream and proxy; hitl-proxy/N = proxy.workers N\n")
+    print(f"{'target':<14} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'non-2xx':>8}")
     for name, conns, res, base in rows:
-        print(f"{name:<12} {conns:>5} {res['rps']:>10.0f} {res['p50']:>8.2f} {res['p99']:>8.2f} "
+        print(f"{name:<14} {conns:>5} {res['rps']:>10.0f} {res['p50']:>8.2f} {res['p99']:>8.2f} "
               f"{res['p50'] - base['p50']:>8.2f} {res['p99'] - base['p99']:>8.2f} {res['non2xx']:>8.0f}")
     allow, hold = policy_eval_p50()
     print("\npolicy evaluation (shipped policies, input build + eval + decision parse), p50 of 3000\n")

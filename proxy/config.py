@@ -75,6 +75,7 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     listen: HostPort = HostPort("127.0.0.1", 8080)
+    workers: int = 1
     intercept_tls: bool = True
     ca_dir: Path = Path("hitl-data/ca")
     upstream_ca_bundle: Path | None = None
@@ -214,6 +215,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Folder for the proxy's state (ca_dir and store.url have their own keys).", _path()),
     Setting("proxy.listen", "127.0.0.1:8080",
             "Where agents connect (host:port; port 0 = any free port).", _hostport),
+    Setting("proxy.workers", 1,
+            "Processes serving proxy.listen (one core each); 1 = this process only.",
+            _plain(lambda v, k: parse_int(v, k, minimum=1, maximum=64))),
     _flag("proxy.intercept_tls", True,
           "Intercept CONNECT to hosts that policy may hold, with the local CA."),
     Setting("proxy.ca_dir", "./hitl-data/ca",

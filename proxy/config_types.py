@@ -159,11 +159,13 @@ def env_yaml(text: str, key: str) -> Any:
     return load_yaml(text, key)
 
 
-def parse_int(value: Any, key: str, minimum: int) -> int:
+def parse_int(value: Any, key: str, minimum: int, maximum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(key, f"{show(value)} is not a whole number (expected {minimum} or more)")
     if value < minimum:
         raise ConfigError(key, f"{value} is too small (expected {minimum} or more)")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"{value} is too large (expected {maximum} or less)")
     return value
 
 

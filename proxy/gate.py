@@ -45,7 +45,16 @@ from proxy.errors import (
 from proxy.events import EventBus
 from proxy.logs import log_decision, note
 from proxy.metrics import Metrics
-from proxy.model import Action, Agent, AgentRequest, Decision, HoldStatus, OnTimeout, Reviewer, Verdict
+from proxy.model import (
+    Action,
+    Agent,
+    AgentRequest,
+    Decision,
+    HoldStatus,
+    OnTimeout,
+    Reviewer,
+    Verdict,
+)
 from proxy.policy.engine import PolicyEngine
 from proxy.policy.input import build_input
 from proxy.store import AsyncStore
@@ -56,6 +65,11 @@ log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
+WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
+ANNOUNCED_LIMIT = 10_000
+# The audit events that leave a record in a new status, and that status.
+AUDITED_STATUS = {"hold": "pending", "approved": "approved", "rejected": "rejected", "expired": "expired",
+                  "forwarding": "forwarding", "forwarded": "forwarded", "failed": "failed"}
 
 
 class Forbidden(GateError):
@@ -99,6 +113,7 @@ class Gate:
         self.clock = clock
         self._secret_headers = settings.proxy.secret_headers
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
         self._forwards: dict[str, asyncio.Task[Reply]] = {}
 
     # -- the data plane's entry ----------------------------------------------------------
@@ -176,6 +191,7 @@ class Gate:
             if created:
                 log.info("held %s %s %s%s as %s (rule %s)", agent.id, req.method, req.authority, req.path,
                          rec.id, rec.rule)
+                self._announce(rec.id, rec.status.value)
                 self.events.publish({"type": "held", "id": rec.id, "status": rec.status.value,
                                      "agent": rec.agent, "message": rec.message, "rule": rec.rule,
                                      "method": req.method, "host": req.authority, "path": req.path,
@@ -293,7 +309,14 @@ class Gate:
         event = self._wakeups.pop(request_id, None)
         if event is not None:
             event.set()
+        self._announce(request_id, status)
         self.events.publish({"type": "changed", "id": request_id, "status": status, **extra})
+
+    def _announce(self, request_id: str, status: str) -> None:
+        if self._announced is not None:  # watch_store runs: let it skip what we made
+            self._announced[(request_id, status)] = None
+            if len(self._announced) > ANNOUNCED_LIMIT:
+                del self._announced[next(iter(self._announced))]
 
     # -- reviewers -----------------------------------------------------------------------
     async def review(self, request_id: str, reviewer: Reviewer, verdict: Verdict) -> HoldRecord:
@@ -360,6 +383,34 @@ class Gate:
             else:
                 log.info("%s reached its deadline: now %s", rec.id, rec.status.value)
             self._changed(rec.id, rec.status.value)
+
+    async def watch_store(self, interval: float = WATCH_SECONDS) -> None:
+        """Follow the changes other processes sharing the store make (``proxy.workers``,
+        ``--role``), read from the audit log: wake this process's agents waiting on those
+        records now rather than at their next poll, and tell the review UI's live stream.
+        Changes made here were announced when made, and are skipped."""
+        self._announced = {}
+        seen: int | None = None
+        while True:
+            try:
+                if seen is None:
+                    seen = await self.store.audit_head()
+                else:
+                    for rec in await self.store.audit_list(after=seen, limit=1000):
+                        seen = rec.seq
+                        status = AUDITED_STATUS.get(rec.event)
+                        if rec.request_id is None or status is None:
+                            continue
+                        if (rec.request_id, status) in self._announced:
+                            del self._announced[(rec.request_id, status)]
+                            continue
+                        event = self._wakeups.pop(rec.request_id, None)
+                        if event is not None:
+                            event.set()
+                        self.events.publish({"type": "changed", "id": rec.request_id, "status": status})
+            except StoreError as exc:
+                log.warning("cannot follow the store's changes: %s", exc)
+            await asyncio.sleep(interval)
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
         while True:

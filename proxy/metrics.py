@@ -7,13 +7,28 @@ describe the store (pending requests, the oldest one's age, active grants) are r
 the store at each scrape (``refresh``), so they are right after a restart and when several
 processes share one store; the gate's own ``inc``/``dec`` only keep them roughly current
 between scrapes.
+
+With ``proxy.workers`` above 1, every process of the gate counts into files under one
+folder (prometheus-client's multiprocess mode, switched on by ``share_between_processes``
+before any Metrics is made) and a scrape sums them: the counters are the whole gate's.
+The store-backed gauges are set only by the scraping process ("mostrecent").
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy import __version__
 
@@ -25,19 +40,27 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 ACTIONS = ("allow", "deny", "hold", "error")
 OUTCOMES = ("approved", "rejected", "expired", "granted")
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
+
+
+def share_between_processes(folder: str) -> None:
+    """Count into files under ``folder`` from now on, in this process and its children."""
+    os.environ[MULTIPROCESS_DIR] = folder
+    values.ValueClass = values.MultiProcessValue()
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._shared = os.environ.get(MULTIPROCESS_DIR) if values.ValueClass is not values.MutexValue else None
         r = self.registry
         self.requests = Counter("hitl_requests", "Requests judged by policy, by action and rule",
                                 ["action", "rule"], registry=r)
         self.decisions = Counter("hitl_decisions", "Outcomes of held requests, by outcome and rule",
                                  ["outcome", "rule"], registry=r)
-        self.pending = Gauge("hitl_pending_requests", "Held requests waiting for a decision", registry=r)
+        self.pending = Gauge("hitl_pending_requests", "Held requests waiting for a decision", registry=r, multiprocess_mode="mostrecent")
         self.oldest_pending = Gauge("hitl_oldest_pending_age_seconds",
-                                    "Age of the oldest held request still waiting (0 when none)", registry=r)
+                                    "Age of the oldest held request still waiting (0 when none)", registry=r, multiprocess_mode="mostrecent")
         self.decision_seconds = Histogram("hitl_decision_seconds", "Time from hold to a reviewer's decision",
                                           ["rule"], buckets=DECISION_BUCKETS, registry=r)
         self.policy_eval = Histogram("hitl_policy_eval_seconds", "Policy evaluation time",
@@ -46,7 +69,7 @@ class Metrics:
                                           buckets=UPSTREAM_BUCKETS, registry=r)
         self.upstream_errors = Counter("hitl_upstream_errors", "Upstream connection or protocol failures",
                                        registry=r)
-        self.grants_active = Gauge("hitl_grants_active", "Standing approvals currently in force", registry=r)
+        self.grants_active = Gauge("hitl_grants_active", "Standing approvals currently in force", registry=r, multiprocess_mode="mostrecent")
         self.connections = Counter("hitl_connections", "Agent connections accepted, by listener kind",
                                    ["kind"], registry=r)
         self.tunnel_bytes = Counter("hitl_tunnel_bytes", "Bytes copied through blind tunnels",
@@ -56,8 +79,18 @@ class Metrics:
         self.policy_reloads = Counter("hitl_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
         self.store_up = Gauge("hitl_store_up", "1 when the last scrape could read the pending store",
-                              registry=r)
-        Info("hitl_build", "Build information", registry=r).info({"version": __version__})
+                              registry=r, multiprocess_mode="mostrecent")
+        self._build = Info("hitl_build", "Build information", registry=r)
+        self._build.info({"version": __version__})
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this gate: of every process, when they share their counts."""
+        if self._shared is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._shared)
+        registry.register(self._build)
+        return generate_latest(registry)
 
     def observe_upstream(self, seconds: float, error: bool) -> None:
         if error:

@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -101,7 +101,7 @@ class ReviewAPI:
 
     async def metrics(self, request: Request) -> Response:
         await self.gate.metrics.refresh(self.gate.store, self.gate.clock())  # store-backed gauges
-        return Response(generate_latest(self.gate.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(self.gate.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:
         from review_ui.openapi import SPEC

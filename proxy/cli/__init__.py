@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", help="config file (YAML); default: embedded defaults")
     serve.add_argument("--role", choices=("all", "proxy", "review"), default="all",
                        help="run both listeners (all) or one of them")
+    # Set by the primary on the proxy.workers processes it starts (proxy/cli/workers.py).
+    serve.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     ca = sub.add_parser("ca", help="the local CA that agents trust for intercepted HTTPS")
     ca.add_argument("action", choices=("path", "export"))
@@ -130,6 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from proxy.cli.runtime import serve
     from proxy.policy.engine import PolicyLoadError
+    from proxy.cli.workers import WorkerError
     from proxy.server import ListenError
     from proxy.errors import StoreError
 
@@ -138,8 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(settings.log)
     try:
-        return asyncio.run(serve(settings, args.role))
-    except (ListenError, PolicyLoadError, StoreError) as exc:
+        return asyncio.run(serve(settings, args.role, args.worker_of, args.ready_fd))
+    except (ListenError, PolicyLoadError, StoreError, WorkerError) as exc:
         print(f"hitl-proxy: {exc}", file=sys.stderr)
         return 2
 

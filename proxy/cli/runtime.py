@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
+from proxy.cli.workers import WorkerError, WorkerPool, become_worker, metrics_folder, signal_ready
 from proxy.config import ReviewSettings, Settings
 from proxy.credentials import admin_token_path, new_token
 from proxy.errors import StoreError
 from proxy.events import EventBus
 from proxy.gate import Gate
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, share_between_processes
 from proxy.netguard import AddressPolicy
 from proxy.notify import Notifier
 from proxy.policy.embedded import EmbeddedEngine
@@ -51,10 +53,12 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def bind_socket(listen_host: str, port: int, key: str) -> socket.socket:
+def bind_socket(listen_host: str, port: int, key: str, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # proxy.workers: every worker binds the same address (workers.py)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((listen_host, port))
         sock.listen(1024)
@@ -77,6 +81,7 @@ def load_policy(settings: Settings) -> PolicyEngine:
 class Runtime:
     settings: Settings
     role: str = "all"
+    worker_of: int | None = None  # the primary's pid, in a proxy.workers process
     proxy_address: tuple[str, int] | None = None
     review_address: tuple[str, int] | None = None
     admin_token: str | None = None
@@ -84,9 +89,16 @@ class Runtime:
     _uvicorn: _EmbeddedUvicorn | None = None
     _proxy: ProxyServer | None = None
     _reloader: PolicyReloader | None = None
+    _workers: WorkerPool | None = None
+    _metrics_dir: str | None = None
 
     async def start(self) -> None:
         s = self.settings
+        primary = self.worker_of is None
+        extra_workers = s.proxy.workers - 1 if primary and self.role in ("all", "proxy") else 0
+        if extra_workers:
+            self._metrics_dir = str(metrics_folder(s.data_dir))
+            share_between_processes(self._metrics_dir)  # the workers inherit it
         self.metrics = Metrics()
         self.policy = load_policy(s)
         self.store = open_store(s.store.url, frozenset(s.proxy.secret_headers))
@@ -101,7 +113,8 @@ class Runtime:
                          metrics=self.metrics, events=EventBus())
         # Only a process that forwards may judge a record left in `forwarding` as interrupted:
         # a review-only process sharing the store would cut short a live forward elsewhere.
-        if self.role in ("all", "proxy"):
+        # Nor may a worker: the primary did it before starting any.
+        if self.role in ("all", "proxy") and primary:
             await self.gate.recover()
         if "review" in sockets:
             review_sock = sockets["review"]
@@ -120,10 +133,17 @@ class Runtime:
             if s.notify.webhooks:  # holds happen where the proxy listener runs
                 self._tasks.append(Notifier(s.notify.webhooks, s.review.public_url, self.metrics)
                                    .start(self.gate.events))
-        self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
+        if primary:
+            self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
         if s.policy.engine == "embedded":  # a remote OPA reloads its own bundles
-            self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query)
+            self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query, audit=primary)
             self._tasks.append(asyncio.create_task(self._reloader.watch()))
+        if self.role != "all" or s.proxy.workers > 1:  # other processes share the store
+            self._tasks.append(asyncio.create_task(self.gate.watch_store()))
+        if extra_workers:
+            assert self.proxy_address is not None
+            self._workers = WorkerPool(extra_workers, s.source, self.proxy_address)
+            await self._workers.start()
 
     def reload_policy(self) -> None:
         """SIGHUP: recompile the policy files now (the watcher would within a second)."""
@@ -141,7 +161,8 @@ class Runtime:
         try:
             for name, (listen, key) in wanted.items():
                 if self.role in ("all", name):
-                    sockets[name] = bind_socket(listen.host, listen.port, key)
+                    reuse_port = name == "proxy" and s.proxy.workers > 1
+                    sockets[name] = bind_socket(listen.host, listen.port, key, reuse_port)
         except ListenError:
             for sock in sockets.values():
                 sock.close()
@@ -179,6 +200,8 @@ class Runtime:
                 and (self.review_address is not None or self.role == "proxy")}
 
     async def stop(self) -> None:
+        if self._workers is not None:  # first: they finish their forwards while the store is open
+            await self._workers.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._proxy is not None:
@@ -197,12 +220,15 @@ class Runtime:
             await aclose()
         else:
             policy.close()
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     def ready_lines(self) -> list[str]:
         lines = []
         if self.proxy_address:
             h, p = self.proxy_address
-            lines.append(f"hitl-proxy: proxy listening on http://{_fmt(h)}:{p}")
+            workers = f" ({self.settings.proxy.workers} processes)" if self.settings.proxy.workers > 1 else ""
+            lines.append(f"hitl-proxy: proxy listening on http://{_fmt(h)}:{p}{workers}")
         if self.review_address:
             h, p = self.review_address
             lines.append(f"hitl-proxy: review listening on http://{_fmt(h)}:{p}")
@@ -223,11 +249,21 @@ def _fmt(host: str) -> str:
 
 
 
-async def serve(settings: Settings, role: str = "all") -> int:
-    runtime = Runtime(settings, role)
-    await runtime.start()
-    for line in runtime.ready_lines():
-        print(line, flush=True)
+async def serve(settings: Settings, role: str = "all", worker_of: int | None = None,
+                ready_fd: int | None = None) -> int:
+    if worker_of is not None:
+        become_worker(worker_of)
+        role = "proxy"
+    runtime = Runtime(settings, role, worker_of)
+    try:
+        await runtime.start()
+    except WorkerError:
+        await runtime.stop()
+        raise
+    if worker_of is None:
+        for line in runtime.ready_lines():
+            print(line, flush=True)
+    signal_ready(ready_fd)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -67,8 +67,9 @@ def snapshot(paths: Sequence[Path]) -> Snapshot:
 
 class PolicyReloader:
     def __init__(self, gate: Gate, paths: Sequence[Path], query: str,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, audit: bool = True) -> None:
         self.gate = gate
+        self.audit = audit  # False in a proxy.workers process: the primary audits the change
         self.paths = list(paths)
         self.query = query
         self.interval = interval
@@ -122,6 +123,8 @@ class PolicyReloader:
             return True
 
     async def _audit(self, detail: dict[str, str | None]) -> None:
+        if not self.audit:
+            return
         try:
             await self.gate.store.audit_append(self.gate.clock(), "policy_reload", None,
                                                "system", detail)

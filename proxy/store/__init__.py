@@ -108,6 +108,9 @@ class AsyncStore:
     async def audit_list(self, **filters: Any) -> list[AuditRecord]:
         return await self._run(self.backend.audit_list, **filters)
 
+    async def audit_head(self) -> int:
+        return await self._run(self.backend.audit_head)
+
     async def audit_verify(self) -> int | None:
         return await self._run(self.backend.audit_verify)
 

@@ -166,6 +166,10 @@ class SqliteBackend:
         params.append(limit)
         return [_audit_from_row(r) for r in self._q(sql, params)]
 
+    def audit_head(self) -> int:
+        """The seq of the newest audit record (0 when none)."""
+        return int(self._q("SELECT COALESCE(MAX(seq), 0) AS seq FROM audit", [])[0]["seq"])
+
     def audit_verify(self) -> int | None:
         """The seq of the first record whose hash or link is broken, or None when intact."""
         prev = GENESIS
