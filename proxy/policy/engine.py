@@ -39,7 +39,7 @@ class PolicyLoadError(Exception):
     """The policies cannot be loaded; the gate does not start.
 
     The message is meant for the operator as is, e.g.
-    ``policies/hitl.rego:12:5: Invalid boolean operator``.
+    ``policies/main.rego:12:5: Invalid boolean operator``.
     """
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:

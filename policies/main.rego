@@ -1,0 +1,62 @@
+# hitl-proxy: the main policy, composing the use cases.
+#
+# Every request an agent sends through the proxy is evaluated against `decision`,
+# which answers allow, deny or hold (DESIGN.md §5). The proxy asks `intercept` at
+# CONNECT, to know whether to decrypt a tunnel at all.
+#
+# data.yaml lists the hosts the policies look at (config.hosts, config.domains), each
+# with its use case. The use cases live in their own files and packages:
+#
+#   email.rego     data.hitl.email      mail sent through SendGrid, Mailgun, Postmark, Gmail, Graph
+#   payments.rego  data.hitl.payments   Stripe and PayPal charges, refunds, payouts, transfers
+#   database.rego  data.hitl.database   PostgREST / Supabase, Hasura, {"sql": ...} gateways
+#   posting.rego   data.hitl.posting    X, LinkedIn, Slack, GitHub comments
+#
+# Each has a function `decide(r, a)` of the request and the agent (functions, not
+# rules: see lib.rego), undefined when the request is none of its business.
+# This file asks only the use case of the request's host; then the safe default:
+#
+#   1. a host that is not listed: allow (rule "default"), after one table lookup;
+#   2. reads (config.reads: GET, HEAD, OPTIONS) and CONNECT: allow;
+#   3. writes (config.writes) to a host whose use case is in config.hold_writes: hold
+#      (rule "sensitive.write");
+#   4. the rest: allow (rule "default").
+#
+# To add a use case: write `package hitl.yours` with `decide(r, a)`, list its hosts
+# in data.yaml with `use: yours`, and add one `else := d if` branch below.
+package hitl
+
+import data.hitl.config
+import data.hitl.lib
+
+default decision := {"action": "allow", "rule": "default"}
+
+decision := d if {
+	lib.service.use != "none"
+	d := by_use(lib.service.use, input)
+}
+
+by_use(use, doc) := data.hitl.email.decide(doc.request, doc.agent) if {
+	use == "email"
+} else := data.hitl.payments.decide(doc.request, doc.agent) if {
+	use == "payments"
+} else := data.hitl.database.decide(doc.request, doc.agent) if {
+	use == "database"
+} else := data.hitl.posting.decide(doc.request, doc.agent) if {
+	use == "posting"
+} else := {
+	"action": "hold",
+	"message": concat("", [lib.who(doc.agent), " wants to ", doc.request.method, " ", lib.url(doc.request), " on ", lib.service.name]),
+	"grantable": true,
+	"rule": "sensitive.write",
+} if {
+	lib.writing(doc.request)
+	config.hold_writes[use]
+} else := {"action": "allow", "rule": "default"}
+
+# TLS interception, asked at CONNECT with only method, host and port: only the
+# listed hosts, which a policy may hold. All other HTTPS traffic stays a blind
+# tunnel that the proxy never decrypts.
+default intercept := false
+
+intercept if lib.service.use != "none"
