@@ -54,7 +54,10 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
         scheme, host, port, target = parse_target(args.url, {})
         body = (args.body or "").encode()
-        headers = (("content-type", "application/json"),) if body[:1] in (b"{", b"[") else ()
+        # The content type curl would send: -d '{...}' is JSON to APIs that take it, -d a=b a form.
+        media = "application/json" if body[:1] in (b"{", b"[") else \
+            "application/x-www-form-urlencoded" if b"=" in body else None
+        headers = (("content-type", media),) if media else ()
         doc = build_input(AgentRequest((args.method or ("POST" if body else "GET")).upper(), scheme, host,
                                        port, target, headers, body), Agent(args.agent, "127.0.0.1"), time.time())
     else:
