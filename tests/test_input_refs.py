@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy.policy.embedded import EmbeddedEngine
-from proxy.policy.input_refs import input_refs, prune
+from proxy.policy.embedded import CACHE_ENTRIES, EmbeddedEngine
+from proxy.policy.input_refs import input_refs, prune, pure
 
 DOC = {
     "request": {"method": "POST", "host": "a.example", "headers": {"x-k": "v"}, "body": {"n": 1}},
@@ -54,3 +54,49 @@ def test_a_policy_reading_headers_through_a_helper_still_sees_them(tmp_path: Pat
     engine = EmbeddedEngine.load([tmp_path])
     decision = asyncio.run(engine.decide(DOC))
     assert (decision.action.value, decision.message) == ("deny", "v")
+
+
+# --- The decision cache: only for pure policies, exact, bounded ------------------------
+
+
+def _engine(tmp_path: Path, source: str) -> EmbeddedEngine:
+    (tmp_path / "p.rego").write_text(source)
+    return EmbeddedEngine.load([tmp_path])
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ('x := input.request.method', True),
+    ('x := time.now_ns()', False),
+    ('x := rand.intn("k", 10)', False),
+    ('x := http.send({"method": "GET", "url": "http://127.0.0.1/"})', False),
+    ('x := "time.now_ns()" # print(x)', True),  # in a string and a comment: not called
+])
+def test_only_pure_policies_are_cached(source: str, expected: bool) -> None:
+    assert pure([source]) is expected
+
+
+def test_a_repeated_input_gets_the_same_decision_and_a_clock_reading_policy_is_asked_again(
+        tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    cached = _engine(tmp_path / "a", 'package hitl\n\ndecision := {"action": "hold", "message": '
+                     'input.request.method, "rule": "r"}\n')
+    first = asyncio.run(cached.decide(DOC))
+    again = asyncio.run(cached.decide(DOC))
+    assert first == again and first.message == "POST"
+    other = asyncio.run(cached.decide({**DOC, "request": {**DOC["request"], "method": "PUT"}}))
+    assert other.message == "PUT"  # a different input is evaluated, not served from the cache
+
+    (tmp_path / "b").mkdir()
+    clock = _engine(tmp_path / "b", 'package hitl\n\ndecision := {"action": "allow", '
+                    '"rule": format_int(time.now_ns(), 10)}\n')
+    rules = {asyncio.run(clock.decide(DOC)).rule for _ in range(3)}
+    assert len(rules) == 3
+
+
+def test_the_cache_is_bounded(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, 'package hitl\n\ndecision := {"action": "allow", "rule": input.request.path}\n')
+    for i in range(CACHE_ENTRIES + 50):
+        asyncio.run(engine.decide({"request": {"path": f"/{i}"}}))
+    assert len(engine._cache) == CACHE_ENTRIES  # type: ignore[arg-type]
+    # The oldest went first; the newest is still answered, and right.
+    assert asyncio.run(engine.decide({"request": {"path": "/0"}})).rule == "/0"

@@ -20,6 +20,7 @@ and output for any string holding a quote or a backslash (see ``_cstr``).
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import dataclasses
 import json
@@ -29,6 +30,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,13 +42,15 @@ from proxy.errors import ConfigError, PolicyError
 from proxy.model import Decision
 from proxy.policy.decision import parse_decision
 from proxy.policy.engine import INTERCEPT_QUERY, PolicyLoadError
-from proxy.policy.input_refs import InputRefs, input_refs, prune
+from proxy.policy.input_refs import InputRefs, input_refs, prune, pure
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 _QUERY = re.compile(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+")
 _PACKAGE = re.compile(r"^package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 _TEST_RULE = re.compile(r"^(test_\w*)\b(?!\s*\()", re.MULTILINE)
 _UNDEFINED = object()
+CACHE_ENTRIES = 4096
+CACHE_KEY_LIMIT = 4096  # characters of an input as JSON; a bigger one is evaluated every time
 _INPUT_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, ctypes.ArgumentError)
 
 
@@ -63,7 +67,7 @@ class TestResult:
 class EmbeddedEngine:
     def __init__(
         self, rego: regopy.Interpreter, bundle: regopy.Bundle, query: str, description: str,
-        refs: InputRefs = None,
+        refs: InputRefs = None, cache: bool = False,
     ) -> None:
         self._rego: regopy.Interpreter | None = rego
         self._bundle: regopy.Bundle | None = bundle
@@ -72,6 +76,9 @@ class EmbeddedEngine:
         self._intercept = _entrypoint(INTERCEPT_QUERY)
         self._description = description
         self._refs = refs  # the parts of the input the policies can read (input_refs.py)
+        # Decisions by input, for pure policies: agents repeat themselves (the same poll, the
+        # same retry), and rego-cpp takes 100-600 µs to answer what it answered before.
+        self._cache: OrderedDict[tuple[str, str], Any] | None = OrderedDict() if cache else None
         self._lock = threading.Lock()  # one interpreter: one evaluation at a time
 
     @classmethod
@@ -95,7 +102,8 @@ class EmbeddedEngine:
             f"embedded (regopy {regopy.__version__}): {_plural(len(modules), 'policy file')}, "
             f"{_plural(len(data_files), 'data file')} under {roots}; query {query}"
         )
-        return cls(rego, bundle, query, description, input_refs(modules.values()))
+        sources = modules.values()
+        return cls(rego, bundle, query, description, input_refs(sources), cache=pure(sources))
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         value = self._evaluate(self._entrypoint, input)
@@ -120,14 +128,33 @@ class EmbeddedEngine:
             self._rego = None
 
     def _evaluate(self, entrypoint: str, input: dict[str, Any]) -> Any:
+        doc = prune(input, self._refs)
         with self._lock:
             if self._rego is None or self._bundle is None:
                 raise PolicyError("the policy engine is closed")
+            key = self._cache_key(entrypoint, doc)
+            if key is not None and (value := self._cache.get(key, _UNDEFINED)) is not _UNDEFINED:  # type: ignore[union-attr]
+                self._cache.move_to_end(key)  # type: ignore[union-attr]
+                return copy.deepcopy(value)
             try:
-                _set_input(self._rego, prune(input, self._refs))
+                _set_input(self._rego, doc)
             except (regopy.RegoError, *_INPUT_ERRORS) as exc:
                 raise PolicyError(f"the input cannot be passed to the policy: {exc}") from exc
-            return _result(self._rego, self._bundle, entrypoint)
+            value = _result(self._rego, self._bundle, entrypoint)  # errors are never cached
+            if key is not None:
+                self._cache[key] = copy.deepcopy(value)  # type: ignore[index]
+                if len(self._cache) > CACHE_ENTRIES:  # type: ignore[arg-type]
+                    self._cache.popitem(last=False)  # type: ignore[union-attr]
+            return value
+
+    def _cache_key(self, entrypoint: str, doc: dict[str, Any]) -> tuple[str, str] | None:
+        if self._cache is None:
+            return None
+        try:
+            text = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):
+            return None  # not JSON: evaluating it raises the proper PolicyError
+        return (entrypoint, text) if len(text) <= CACHE_KEY_LIMIT else None
 
 
 def run_tests(paths: Sequence[Path]) -> list[TestResult]:
