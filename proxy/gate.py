@@ -357,8 +357,9 @@ class Gate:
                 approval_deadline=now + self.settings.hold.timeout, audit_detail=detail)
             if rec.status is HoldStatus.APPROVED and verdict.grant_minutes:
                 req = rec.request
-                await self.store.add_grant(rec.agent, req.method, req.host, req.path,
-                                           verdict.grant_minutes, reviewer.name, rec.id, now)
+                grant = await self.store.add_grant(rec.agent, req.method, req.host, req.path,
+                                                   verdict.grant_minutes, reviewer.name, rec.id, now)
+                self.events.publish({"type": "grant_created", "id": grant.id, "request_id": rec.id})
         if rec.status is not HoldStatus.PENDING:
             outcome = "approved" if rec.status is HoldStatus.APPROVED else "rejected"
             self.metrics.decisions.labels(outcome, rec.rule).inc()

@@ -14,7 +14,11 @@ Theory of operation:
 3. The CSRF token is ``HMAC(key, "csrf|" + sid)``: derived, never stored, different per session.
    Cookie sessions must send it as ``X-CSRF-Token`` (fetch) or the ``csrf`` form field on every
    state-changing method; a missing or wrong one is a 403 ``csrf_failed``.
-4. Logout revokes the session id in memory until the session would have expired anyway.
+4. Logout revokes the session id until the session would have expired anyway. Revocations are
+   checked in memory (no file read per request) and kept in ``<data_dir>/ui-revoked-sessions``
+   (JSON ``{sid: expiry}``, 0600, replaced atomically, pruned of expired ids on every write),
+   read at start: a logged-out cookie stays refused after a restart. A write merges what the
+   file already holds, so processes sharing the data dir do not drop each other's logouts.
 5. Login failures are counted per client address over a sliding minute; the sixth within it
    is answered 429 until the window moves on, so a password cannot be guessed at speed.
 """
@@ -27,8 +31,10 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +47,8 @@ from proxy.config import Settings, UserCredential
 from proxy.credentials import VerifiedCache, hash_secret
 from proxy.errors import GateError
 from proxy.model import Reviewer
+
+log = logging.getLogger("hitl.review")
 
 COOKIE = "hitl_session"
 LOGIN_COOKIE = "hitl_login"  # double-submit token for the login form (login CSRF)
@@ -79,6 +87,35 @@ def load_key(data_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_bytes(32))
     return path.read_bytes()
+
+
+def load_revoked(path: Path, now: float) -> dict[str, float]:
+    """The revoked session ids still worth refusing; a missing or unreadable file is none."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(sid): float(exp) for sid, exp in data.items()
+            if isinstance(exp, (int, float)) and exp > now}
+
+
+def save_revoked(path: Path, revoked: dict[str, float]) -> None:
+    """Write atomically: a crash mid-write leaves the old file, never half a one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(revoked, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _b64(data: bytes) -> str:
@@ -131,7 +168,8 @@ class Sessions:
         self._admin = _digest(admin_token) if admin_token else None
         self._admin_token = admin_token
         self._users: dict[str, UserCredential] = {u.name: u for u in settings.review.users}
-        self._revoked: dict[str, float] = {}
+        self._revoked_path = settings.data_dir / "ui-revoked-sessions"
+        self._revoked = load_revoked(self._revoked_path, time.time())
         self._verified = VerifiedCache()
         self.limiter = LoginLimiter()
 
@@ -163,8 +201,13 @@ class Sessions:
 
     def revoke(self, session: Session) -> None:
         now = time.time()
-        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
-        self._revoked[session.sid] = session.expires
+        merged = {**load_revoked(self._revoked_path, now), **self._revoked, session.sid: session.expires}
+        self._revoked = {sid: exp for sid, exp in merged.items() if exp > now}
+        try:
+            self._revoked_path.parent.mkdir(parents=True, exist_ok=True)
+            save_revoked(self._revoked_path, self._revoked)
+        except OSError as exc:  # still logged out here; only a restart would forget it
+            log.error("cannot record the logout in %s: %s", self._revoked_path, exc)
 
     def csrf_token(self, session: Session) -> str:
         return _b64(hmac.new(self.key, f"csrf|{session.sid}".encode(), hashlib.sha256).digest())

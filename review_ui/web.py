@@ -1,4 +1,4 @@
-"""The reviewer web UI: login, the live queue, a request's detail, history.
+"""The reviewer web UI: login, the live queue, a request's detail, history, standing grants.
 
 Server-rendered with Jinja2 (autoescaped: request content is attacker-controlled). Decisions
 go through the JSON review API from ``static/app.js`` with the session's CSRF token, so the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,8 +26,8 @@ from proxy.errors import StoreError
 from proxy.gate import Gate
 from proxy.model import Reviewer
 from review_ui import present
+from review_ui.serialize import grant_json, request_json
 from review_ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
-from review_ui.serialize import request_json
 
 HERE = Path(__file__).parent
 OPEN_STATUSES = ["pending", "approved", "forwarding"]
@@ -34,8 +35,24 @@ DECIDED_STATUSES = ["approved", "forwarding", "forwarded", "rejected", "expired"
 QUEUE_FILTERS = {"pending": ["pending"], "approved": ["approved", "forwarding"],
                  "open": OPEN_STATUSES, "failed": ["failed"]}
 QUEUE_LIMIT = 500
+ENDED_GRANTS_SHOWN = 100
 
 Page = Callable[[Request, Session, Reviewer], Awaitable[Response]]
+
+
+def _expires_in(value: str | None) -> str:
+    """The server's first paint of a grant's countdown; the page's script keeps it ticking."""
+    t = present.parse_time(value)
+    if t is None:
+        return ""
+    left = (t - datetime.now(UTC)).total_seconds()
+    return "expired" if left <= 0 else f"expires in {present.duration(left)}"
+
+
+def _ended_at(grant: dict[str, Any]) -> str:
+    """When a grant stopped applying: revoked, or expired, whichever came first."""
+    revoked, expires = grant["revoked_at"], grant["expires_at"]
+    return min(revoked, expires) if revoked else expires  # RFC 3339 UTC sorts as text
 
 
 def _safe_next(value: str | None) -> str:
@@ -53,6 +70,7 @@ class WebUI:
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True))
         self.env.filters.update(present.jinja_filters())
+        self.env.filters["expires_in"] = _expires_in
         # Read at render time: a failed policy reload shows on every page until fixed.
         self.env.globals["policy_error"] = lambda: getattr(gate, "policy_error", None)
 
@@ -63,6 +81,8 @@ class WebUI:
             Route("/queue.json", p(self.queue_json)),
             Route("/requests/{id}", p(self.detail)),
             Route("/history", p(self.history)),
+            Route("/grants", p(self.grants)),
+            Route("/grants.json", p(self.grants_json)),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
@@ -192,8 +212,10 @@ class WebUI:
     async def queue(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
         data = await self._queue_items(request, reviewer)
         agents, hosts = await self._facets()
+        grants_active = len(await self.gate.store.list_grants(self.gate.clock()))
         return self.render("queue.html", page="queue", agents=agents, hosts=hosts,
-                           statuses=list(QUEUE_FILTERS), **data, **self._common(session, reviewer))
+                           statuses=list(QUEUE_FILTERS), grants_active=grants_active,
+                           **data, **self._common(session, reviewer))
 
     async def queue_json(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
         data = await self._queue_items(request, reviewer)
@@ -240,3 +262,24 @@ class WebUI:
         return self.render("history.html", page="history", items=[self._json(r, reviewer) for r in items],
                            filters=filters, outcomes=DECIDED_STATUSES, older=older,
                            pending=await self.gate.store.count_pending(), **self._common(session, reviewer))
+
+    async def _grants(self) -> dict[str, Any]:
+        """Active grants newest first; then the ended ones, the most recently ended first."""
+        now = self.gate.clock()
+        active = [grant_json(g, now) for g in await self.gate.store.list_grants(now)]
+        ended = [grant_json(g, now) for g in await self.gate.store.list_grants(now, True)
+                 if not g.active(now)]
+        for g in ended:
+            g["ended_at"] = _ended_at(g)
+        ended.sort(key=lambda g: g["ended_at"], reverse=True)
+        return {"active": active, "ended": ended[:ENDED_GRANTS_SHOWN],
+                "pending": await self.gate.store.count_pending()}
+
+    async def grants(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
+        # Any reviewer may revoke, as DELETE /api/grants/{id} allows: stopping a standing
+        # approval only ever sends requests back to review.
+        return self.render("grants.html", page="grants", **await self._grants(),
+                           **self._common(session, reviewer))
+
+    async def grants_json(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
+        return JSONResponse(await self._grants(), headers={"Cache-Control": "no-store"})

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from proxy.config import Settings
 from proxy.credentials import hash_secret
+from review_ui.sessions import Sessions
 from tests.conftest import ROOT, Hitl, Upstream
 
 CHROMIUM = "/usr/bin/chromium"
@@ -70,14 +73,18 @@ def hashes() -> dict[str, str]:
             **{a: hash_secret(t) for a, t in AGENTS.items()}}
 
 
-@pytest.fixture
-def ui(make_hitl: Callable[..., Hitl], hashes: dict[str, str]) -> Hitl:
-    return make_hitl({
+def ui_config(hashes: dict[str, str]) -> dict[str, Any]:
+    return {
         "review.users": [{"name": "alice", "password_hash": hashes["pw"], "groups": ["finance"]},
                          {"name": "bob", "password_hash": hashes["pw"], "groups": ["ops"]}],
         "review.tokens": [{"name": "ops-bot", "token_hash": hashes["api"], "groups": ["ops", "finance"]}],
         "proxy.agents": [{"id": a, "token_hash": hashes[a]} for a in AGENTS],
-    }, policy=UI_POLICY)
+    }
+
+
+@pytest.fixture
+def ui(make_hitl: Callable[..., Hitl], hashes: dict[str, str]) -> Hitl:
+    return make_hitl(ui_config(hashes), policy=UI_POLICY)
 
 
 @pytest.fixture
@@ -133,6 +140,18 @@ def hold_url(upstream: Upstream, path: str = "/hold/charge", **query: str) -> st
 
 def api(ui: Hitl) -> httpx.Client:
     return ui.api(API_TOKEN)
+
+
+def pending(ui: Hitl, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
+    """The pending requests, once there are ``count`` of them (as the API token sees them)."""
+    deadline = time.monotonic() + timeout
+    with api(ui) as c:
+        while time.monotonic() < deadline:
+            items: list[dict[str, Any]] = c.get("/api/requests", params={"status": "pending"}).json()["items"]
+            if len(items) >= count:
+                return items
+            time.sleep(0.05)
+    raise AssertionError(f"expected {count} pending requests within {timeout}s")
 
 
 def shot(page: Any, name: str) -> None:
@@ -360,6 +379,8 @@ def test_hostile_request_content_renders_as_text(page: Any, ui: Hitl, upstream: 
     page.get_by_role("textbox", name=re.compile("^Comment")).fill(f"no {script}")
     page.get_by_role("button", name="Reject").click()
     assert "403" in agent.done().split("\r\n", 1)[0]
+    # The page reloads itself after a decision: let it, or that reload aborts the next goto.
+    page.locator(".detail-badges .badge", has_text="Rejected").wait_for()
     page.goto(ui.review_url + "/history")
     assert script in page.locator("table.history").inner_text()
     assert page.dialogs == []  # type: ignore[attr-defined]
@@ -374,3 +395,119 @@ def test_pages_carry_the_security_headers(ui: Hitl) -> None:
             assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
         assert c.get("/login?next=//evil.example").status_code == 200
         assert 'value="//evil.example"' not in c.get("/login?next=//evil.example").text
+
+
+# -- standing grants -----------------------------------------------------------------------
+
+def test_grant_shows_on_the_grants_page_and_revoke_sends_similar_requests_back_to_review(
+        page: Any, ui: Hitl, upstream: Upstream) -> None:
+    login(page, ui)
+    first = Curl(ui, hold_url(upstream, msg="Charge 5.00 USD"), body='{"amount": 500}')
+    page.locator(".row", has_text="Charge 5.00 USD").click()
+    page.locator("#grant").fill("30")
+    page.get_by_role("button", name="Approve", exact=True).click()
+    assert first.done().startswith("HTTP/1.1 200")
+    page.locator(".detail-badges .badge", has_text="sent").wait_for()
+    rid = page.url.rsplit("/", 1)[1]
+    # The grant is in force: same agent, method, host and path (another body) pass unreviewed.
+    out = Curl(ui, hold_url(upstream, msg="Charge 7.00 USD"), body='{"amount": 700}').done()
+    assert out.startswith("HTTP/1.1 200") and "x-hitl-approved-by: alice (standing grant)" in out.lower()
+
+    page.locator(".nav").get_by_role("link", name="Queue").click()
+    note = page.locator("#grants-note")
+    assert note.inner_text() == "1 standing grant active"
+    note.click()
+    page.wait_for_url(ui.review_url + "/grants")
+    assert page.locator('.nav a[aria-current="page"]').inner_text() == "Grants"
+    row = page.locator("#grants-active .grant")
+    assert row.count() == 1
+    text = row.inner_text()
+    assert "billing-agent" in text and "POST" in text and "127.0.0.1/hold/charge" in text
+    assert "granted by alice" in text and re.search(r"expires in (29|30)m", text)
+    assert row.get_by_role("link").get_attribute("href") == f"/requests/{rid}"
+    assert page.locator("#ended-empty").is_visible()
+
+    # A grant made elsewhere (the API) appears without a reload: the gate's grant_created event.
+    page.wait_for_selector('#live[data-state="on"]')
+    other = Curl(ui, hold_url(upstream, "/hold/refund", msg="Refund 3.00 EUR"), agent="support-bot", body="{}")
+    with api(ui) as c:
+        other_id = pending(ui)[0]["id"]
+        assert c.post(f"/api/requests/{other_id}/approve", json={"grant_minutes": 5}).status_code == 200
+    assert other.done().startswith("HTTP/1.1 200")
+    page.locator("#grants-active .grant", has_text="support-bot").wait_for()
+    assert page.locator("#active-count").inner_text() == "2"
+    shot(page, "ui-grants.png")
+
+    # Revoke: the row leaves the active list in place and shows below, greyed, as revoked.
+    page.locator("#grants-active .grant", has_text="billing-agent").get_by_role("button", name="Revoke").click()
+    page.locator("#grants-active .grant", has_text="billing-agent").wait_for(state="detached")
+    ended = page.locator("#grants-ended .grant.ended", has_text="billing-agent")
+    ended.wait_for()
+    assert "revoked by alice" in ended.inner_text()
+    assert page.locator("#active-count").inner_text() == "1"
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    shot(page, "ui-grants-revoked.png")
+
+    # A similar request is held for review again.
+    again = Curl(ui, hold_url(upstream, msg="Charge 9.00 USD"), body='{"amount": 900}')
+    held = pending(ui)
+    assert [i["message"] for i in held] == ["Charge 9.00 USD"] and again.thread.is_alive()
+    with api(ui) as c:
+        c.post(f"/api/requests/{held[0]['id']}/reject", json={"comment": "test over"})
+    assert again.done().startswith("HTTP/1.1 403")
+    assert upstream.count("/hold/charge") == 2  # the approved one and the granted one
+
+
+def test_grants_page_needs_a_login(ui: Hitl) -> None:
+    with httpx.Client(base_url=ui.review_url, trust_env=False, timeout=30) as c:
+        r = c.get("/grants")
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Fgrants"
+        assert c.get("/grants.json").status_code == 401
+
+
+# -- durable logout ------------------------------------------------------------------------
+
+def _login_cookie(c: httpx.Client) -> str:
+    token = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)  # type: ignore[union-attr]
+    assert c.post("/login", data={"name": "alice", "password": "pw", "csrf": token}).status_code == 303
+    return c.cookies["hitl_session"]
+
+
+def test_logout_survives_a_restart(make_hitl: Callable[..., Hitl], ui: Hitl, hashes: dict[str, str]) -> None:
+    with httpx.Client(base_url=ui.review_url, trust_env=False, timeout=30) as c:
+        cookie = _login_cookie(c)
+        page_html = c.get("/").text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page_html).group(1)  # type: ignore[union-attr]
+        # Another process on the same data dir accepts the session (the key is shared) ...
+        before = make_hitl(ui_config(hashes), policy=UI_POLICY)
+        with httpx.Client(base_url=before.review_url, trust_env=False, timeout=30,
+                          cookies={"hitl_session": cookie}) as b:
+            assert b.get("/grants").status_code == 200
+        assert c.post("/logout", data={"csrf": csrf}).status_code == 303
+    revoked = ui.runtime.settings.data_dir / "ui-revoked-sessions"
+    assert revoked.stat().st_mode & 0o777 == 0o600
+    # ... and one started after the logout refuses it, as does this one.
+    after = make_hitl(ui_config(hashes), policy=UI_POLICY)
+    for hitl in (ui, after):
+        with httpx.Client(base_url=hitl.review_url, trust_env=False, timeout=30,
+                          cookies={"hitl_session": cookie}) as c:
+            r = c.get("/grants")
+            assert r.status_code == 303 and r.headers["location"].startswith("/login")
+            assert c.get("/api/me").status_code == 401
+
+
+def test_revoked_sessions_file_is_merged_and_pruned(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    one, two = Sessions(settings, None), Sessions(settings, None)  # two processes, one data dir
+    a, cookie_a = one.issue("alice", "password", "x")
+    b, cookie_b = two.issue("bob", "password", "y")
+    path = tmp_path / "ui-revoked-sessions"
+    path.write_text(json.dumps({"long-gone": time.time() - 1}))
+    one.revoke(a)
+    two.revoke(b)  # merges what the other process wrote; drops the expired id
+    assert set(json.loads(path.read_text())) == {a.sid, b.sid}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    fresh = Sessions(settings, None)
+    assert fresh.parse(cookie_a) is None and fresh.parse(cookie_b) is None
+    assert fresh.parse(fresh.issue("alice", "password", "x")[1]) is not None

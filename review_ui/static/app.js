@@ -1,4 +1,4 @@
-// hitl-proxy review UI: live queue, countdowns, decisions through the JSON API.
+// hitl-proxy review UI: live queue, countdowns, decisions and grant revocations through the JSON API.
 // Request content is attacker-controlled: this file only ever writes data with textContent
 // and attributes, never innerHTML. Every state-changing call carries X-CSRF-Token.
 "use strict";
@@ -40,6 +40,13 @@
       el.classList.toggle("soon", left > 0 && left < 300);
       el.classList.toggle("overdue", left <= 0);
     });
+    document.querySelectorAll("[data-expires]").forEach(function (el) {
+      const t = Date.parse(el.dataset.expires);
+      if (isNaN(t)) return;
+      const left = (t - now) / 1000;
+      el.textContent = left <= 0 ? "expired" : "expires in " + duration(left);
+      el.classList.toggle("soon", left > 0 && left < 300);
+    });
   }
   tick();
   setInterval(tick, 1000);
@@ -64,7 +71,7 @@
   });
 
   // -- live events --------------------------------------------------------------------------
-  function listen(onEvent, onOpen) {
+  function listen(onEvent, onOpen, types) {
     if (!window.EventSource) return;
     const live = document.getElementById("live");
     const es = new EventSource("/api/events");
@@ -74,7 +81,7 @@
       if (onOpen) onOpen();
     };
     es.onerror = function () { if (live) live.dataset.state = "off"; };
-    ["held", "changed"].forEach(function (type) {
+    (types || ["held", "changed"]).forEach(function (type) {
       es.addEventListener(type, function (e) {
         try { onEvent(JSON.parse(e.data)); } catch (err) { /* a malformed event: ignore it */ }
       });
@@ -149,17 +156,22 @@
   }
 
   // -- a request's detail -------------------------------------------------------------------
-  async function post(url, payload) {
+  async function send(method, url, payload) {
     const r = await fetch(url, {
-      method: "POST", credentials: "same-origin",
+      method: method, credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf, Accept: "application/json" },
-      body: JSON.stringify(payload),
+      body: payload === undefined ? undefined : JSON.stringify(payload),
     });
     let data = {};
     try { data = await r.json(); } catch (err) { /* not JSON: use the status */ }
-    if (!r.ok) throw new Error(data.message || "The server answered " + r.status + ".");
+    if (!r.ok) {
+      const e = new Error(data.message || "The server answered " + r.status + ".");
+      e.status = r.status;
+      throw e;
+    }
     return data;
   }
+  function post(url, payload) { return send("POST", url, payload); }
 
   function parseHeaders(text) {
     const out = {};
@@ -285,6 +297,111 @@
     });
   }
 
+  // -- standing grants ----------------------------------------------------------------------
+  function fillGrant(tpl, g) {
+    const li = tpl.content.firstElementChild.cloneNode(true);
+    const set = function (name, text) {
+      const el = li.querySelector('[data-f="' + name + '"]');
+      if (el) el.textContent = text;
+      return el;
+    };
+    li.dataset.id = g.id;
+    set("method", g.method);
+    set("host", g.host);
+    set("path", g.path);
+    set("agent", g.agent);
+    set("created_by", g.created_by);
+    if (g.request_id) {
+      const a = li.querySelector('[data-f="request"]');
+      a.setAttribute("href", "/requests/" + encodeURIComponent(g.request_id));
+      a.querySelector("code").textContent = g.request_id;
+    } else {
+      li.querySelector('[data-f="from"]').hidden = true;
+    }
+    const expires = li.querySelector('[data-f="expires"]');
+    if (expires) expires.dataset.expires = g.expires_at;
+    if (g.ended_at) {
+      const revoked = g.revoked_at && g.revoked_at <= g.expires_at;
+      set("ended", revoked ? "revoked by " + g.revoked_by : "expired");
+      li.querySelector('[data-f="ended_at"]').setAttribute("datetime", g.ended_at);
+    }
+    return li;
+  }
+
+  function startGrants() {
+    const active = document.getElementById("grants-active");
+    const ended = document.getElementById("grants-ended");
+    const activeTpl = document.getElementById("grant-active-template");
+    const endedTpl = document.getElementById("grant-ended-template");
+    const errorBox = document.getElementById("grants-error");
+    let timer = null;
+    let expiryTimer = null;
+    let busy = false;
+
+    // A grant's expiry sends no event: refresh just after the soonest one passes.
+    function watchExpiry(items) {
+      clearTimeout(expiryTimer);
+      const soonest = Math.min.apply(null, items.map(function (g) { return Date.parse(g.expires_at); }));
+      if (isFinite(soonest)) expiryTimer = setTimeout(refresh, Math.max(1000, soonest - Date.now() + 1000));
+    }
+
+    async function refresh() {
+      if (busy) { schedule(); return; }
+      busy = true;
+      try {
+        const r = await fetch("/grants.json", { credentials: "same-origin", headers: { Accept: "application/json" } });
+        if (r.status === 401) { window.location.assign("/login?next=/grants"); return; }
+        if (!r.ok) return;
+        const data = await r.json();
+        active.replaceChildren.apply(active, data.active.map(function (g) { return fillGrant(activeTpl, g); }));
+        ended.replaceChildren.apply(ended, data.ended.map(function (g) { return fillGrant(endedTpl, g); }));
+        document.getElementById("active-count").textContent = String(data.active.length);
+        document.getElementById("active-empty").hidden = data.active.length > 0;
+        document.getElementById("ended-empty").hidden = data.ended.length > 0;
+        const nav = document.getElementById("nav-count");
+        if (nav) nav.textContent = String(data.pending);
+        document.title = (data.pending ? "(" + data.pending + ") " : "") + "Grants · hitl-proxy";
+        watchExpiry(data.active);
+        tick();
+      } catch (err) {
+        /* the network blinked: the next event or the periodic refresh retries */
+      } finally {
+        busy = false;
+      }
+    }
+    function schedule() {
+      clearTimeout(timer);
+      timer = setTimeout(refresh, 150);
+    }
+
+    active.addEventListener("click", async function (e) {
+      const btn = e.target.closest("[data-revoke]");
+      if (!btn) return;
+      const id = btn.closest("li").dataset.id;
+      errorBox.hidden = true;
+      btn.disabled = true;
+      try {
+        await send("DELETE", "/api/grants/" + encodeURIComponent(id));
+      } catch (err) {
+        // 404: someone revoked it first, or it expired; the refresh shows that.
+        if (err.status !== 404) {
+          errorBox.textContent = "The grant was not revoked: " + err.message;
+          errorBox.hidden = false;
+          btn.disabled = false;
+          return;
+        }
+      }
+      refresh();
+    });
+
+    watchExpiry(Array.from(active.querySelectorAll("[data-expires]")).map(function (el) {
+      return { expires_at: el.dataset.expires };
+    }));
+    listen(schedule, schedule, ["grant_created", "grant_revoked", "held", "changed"]);
+    setInterval(refresh, 30000); // a safety net should an event be missed
+  }
+
   if (page === "queue") startQueue();
+  if (page === "grants") startGrants();
   if (page === "detail") startDetail();
 })();
