@@ -266,7 +266,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.opa_url", "http://127.0.0.1:8181",
             "The OPA server, when engine is opa.", _url),
     Setting("store.url", "sqlite:///./hitl-data/hitl.db",
-            "sqlite:///relative/file.db, sqlite:////absolute/file.db or postgresql://...",
+            "sqlite:///relative/file.db, sqlite:////absolute/file.db or"
+            " postgresql://user@host:5432/db?schema=NAME (created on first open).",
             parse_store_url),
     Setting("hold.timeout", "15m",
             "Default deadline for a decision (a policy may override).", _duration),

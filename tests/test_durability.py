@@ -1,6 +1,6 @@
-"""Durability and exactly-once (DESIGN §7, issue 6): the state table through the real SQLite
-store, `hitl-proxy serve` killed with SIGKILL and restarted, concurrent retries, replay,
-digest binding, and failing closed when the store cannot be written."""
+"""Durability and exactly-once (DESIGN §7, issue 6): the state table through the real store
+(SQLite and PostgreSQL), `hitl-proxy serve` killed with SIGKILL and restarted, concurrent
+retries, replay, digest binding, and failing closed when the store cannot be written."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from proxy.errors import ApprovalPending, ApprovalTimedOut, InvalidTransition
 from proxy.gate import Reply
 from proxy.model import TRANSITIONS, AgentRequest, HoldStatus, OnTimeout, UpstreamResponse
 from proxy.store.records import HoldRecord, new_id
+from proxy.store.sql import SqlBackend
 from proxy.store.sqlite import SqliteBackend
 from tests.conftest import TEST_POLICY, Hitl, ServeProcess, Upstream, run_serve, write_config
+from tests.postgres import pg_url_fixture  # noqa: F401 - pg_url, behind store_opener's postgres case
 from tests.test_core_flow import in_background
 from tests.test_lifecycle_property import HOLD_TIMEOUT, REPLAY_WINDOW, GateRig, Shared
 
@@ -69,7 +71,7 @@ def _record(now: float = T0, deadline: float = T0 + 60, fingerprint: str = "fp")
                       deadline=deadline, updated_at=now)
 
 
-def _drive_to(store: SqliteBackend, status: HoldStatus) -> str:
+def _drive_to(store: SqlBackend, status: HoldStatus) -> str:
     """A fresh record brought to ``status`` through legal transitions only."""
     rid = store.create(_record()).id
     steps = {
@@ -83,7 +85,7 @@ def _drive_to(store: SqliteBackend, status: HoldStatus) -> str:
     return rid
 
 
-def _apply(store: SqliteBackend, rid: str, op: str) -> Any:
+def _apply(store: SqlBackend, rid: str, op: str) -> Any:
     now = T0 + 1
     if op in ("approve", "reject"):
         return store.decide(rid, f"r-{op}", op, "because", now, approval_deadline=now + 60)
@@ -96,16 +98,41 @@ def _apply(store: SqliteBackend, rid: str, op: str) -> Any:
     return store.expire_due(T0 + 3600, 60)
 
 
+StoreOpener = Callable[[], SqlBackend]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreOpener]:
+    """Opens backends (connections) onto one fresh store of each kind; closes them after."""
+    if request.param == "sqlite":
+        def make() -> SqlBackend:
+            return SqliteBackend(tmp_path / "hitl.db")
+    else:
+        from proxy.store.postgres import PostgresBackend
+
+        url = request.getfixturevalue("pg_url")  # a schema of its own
+
+        def make() -> SqlBackend:
+            return PostgresBackend(url)
+    opened: list[SqlBackend] = []
+
+    def opener() -> SqlBackend:
+        opened.append(make())
+        return opened[-1]
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[SqliteBackend]:
-    store = SqliteBackend(tmp_path / "hitl.db")
-    yield store
-    store.close()
+def backend(store_opener: StoreOpener) -> SqlBackend:
+    return store_opener()
 
 
 @pytest.mark.parametrize(("start", "op"), sorted(TABLE, key=lambda k: (k[0].value, k[1])),
                          ids=lambda v: v.value if isinstance(v, HoldStatus) else v)
-def test_state_table_through_the_real_store(backend: SqliteBackend, start: HoldStatus, op: str) -> None:
+def test_state_table_through_the_real_store(backend: SqlBackend, start: HoldStatus, op: str) -> None:
     rid = _drive_to(backend, start)
     audit_before = len(backend.audit_list(limit=10_000))
     expected = TABLE[(start, op)]
@@ -134,7 +161,7 @@ def test_the_table_covers_every_allowed_transition() -> None:
     assert moved == allowed
 
 
-def test_secrets_are_scrubbed_once_final(backend: SqliteBackend) -> None:
+def test_secrets_are_scrubbed_once_final(backend: SqlBackend) -> None:
     rid = _drive_to(backend, HoldStatus.APPROVED)
     assert backend.get(rid).request.header("authorization") == "Bearer s3cret"  # type: ignore[union-attr]
     backend.claim(rid, T0 + 2)
@@ -142,14 +169,14 @@ def test_secrets_are_scrubbed_once_final(backend: SqliteBackend) -> None:
     assert backend.get(rid).request.header("authorization") == "[redacted]"  # type: ignore[union-attr]
 
 
-def test_two_connections_race_for_one_claim_and_one_wins(tmp_path: Path) -> None:
-    """Two processes sharing the file (two backends) and many threads: exactly one claim."""
-    a, b = SqliteBackend(tmp_path / "hitl.db"), SqliteBackend(tmp_path / "hitl.db")
+def test_two_connections_race_for_one_claim_and_one_wins(store_opener: StoreOpener) -> None:
+    """Two processes sharing the store (two backends) and many threads: exactly one claim."""
+    a, b = store_opener(), store_opener()
     rid = _drive_to(a, HoldStatus.APPROVED)
     barrier = threading.Barrier(2)
     wins: list[Any] = []
 
-    def claim(store: SqliteBackend) -> None:
+    def claim(store: SqlBackend) -> None:
         barrier.wait()
         for _ in range(20):
             wins.append(store.claim(rid, T0 + 2))
@@ -160,18 +187,16 @@ def test_two_connections_race_for_one_claim_and_one_wins(tmp_path: Path) -> None
     for t in threads:
         t.join(30)
     assert sum(w is not None for w in wins) == 1
-    a.close()
-    b.close()
 
 
-def test_identical_requests_created_together_make_one_record(backend: SqliteBackend) -> None:
+def test_identical_requests_created_together_make_one_record(backend: SqlBackend) -> None:
     first, created = backend.create_or_attach(_record(fingerprint="same"), 600)
     second, created_again = backend.create_or_attach(_record(fingerprint="same"), 600)
     assert created and not created_again and second.id == first.id
     assert backend.count_pending() == 1
 
 
-def test_approval_after_the_deadline_is_refused_even_before_the_sweep(backend: SqliteBackend) -> None:
+def test_approval_after_the_deadline_is_refused_even_before_the_sweep(backend: SqlBackend) -> None:
     rid = backend.create(_record(deadline=T0 + 10)).id
     with pytest.raises(InvalidTransition) as info:
         backend.decide(rid, "alice", "approve", "", T0 + 11)
@@ -179,7 +204,7 @@ def test_approval_after_the_deadline_is_refused_even_before_the_sweep(backend: S
     assert backend.get(rid).status is HoldStatus.PENDING  # type: ignore[union-attr]
 
 
-def test_claim_after_the_deadline_expires_instead_of_forwarding(backend: SqliteBackend) -> None:
+def test_claim_after_the_deadline_expires_instead_of_forwarding(backend: SqlBackend) -> None:
     rid = _drive_to(backend, HoldStatus.APPROVED)  # approved at T0+1, deadline T0+61
     assert backend.claim(rid, T0 + 61) is None
     assert backend.get(rid).status is HoldStatus.EXPIRED  # type: ignore[union-attr]

@@ -1,9 +1,9 @@
 """The durable pending store behind an async facade.
 
-The backends are synchronous (sqlite3; a PostgreSQL one would be too) and run on one dedicated thread, so the
-event loop never blocks on disk and the backend never sees two callers at once. Every
-library error leaves this module as ``StoreError``; the gate maps that to 503
-``store_unavailable`` (fail closed).
+The backends (``sqlite.py``, ``postgres.py``; their shared logic in ``sql.py``) are
+synchronous and run on one dedicated thread, so the event loop never blocks on I/O and the
+backend never sees two callers at once. Every library error leaves this module as
+``StoreError``; the gate maps that to 503 ``store_unavailable`` (fail closed).
 """
 
 from __future__ import annotations
@@ -136,6 +136,11 @@ def open_backend(url: str, secret_headers: frozenset[str] = frozenset()) -> Any:
             raise StoreError(f"store.url: unsupported sqlite options {query!r} "
                              "(only busy_timeout=SECONDS, 0 to 3600)")
         return SqliteBackend(Path(path), secret_headers=secret_headers, busy_timeout=busy)
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported here: a SQLite deployment never loads the PostgreSQL driver.
+        from proxy.store.postgres import PostgresBackend
+
+        return PostgresBackend(url, secret_headers=secret_headers)
     raise StoreError(f"store.url: unsupported store {url.split(':', 1)[0]!r}")
 
 

@@ -1,0 +1,58 @@
+"""The tables' columns and the row → record hydration, the same for every backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.model import AgentRequest, HoldStatus, OnTimeout, UpstreamResponse
+from proxy.store.records import AuditRecord, CommentEntry, DecisionEntry, HoldRecord
+
+# The requests table; each backend maps the Python types to its column types.
+REQUEST_COLUMNS: dict[str, type] = {
+    "id": str, "status": str, "fingerprint": str, "agent": str, "agent_address": str,
+    "method": str, "scheme": str, "host": str, "port": int, "target": str,
+    "headers": str, "body": bytes, "message": str, "rule": str, "reviewers": str,
+    "approvals_needed": int, "grantable": int, "on_timeout": str,
+    "created_at": float, "deadline": float, "updated_at": float,
+    "edit_body": bytes, "edit_headers": str, "approved_digest": str, "decided_at": float,
+    "response_status": int, "response_headers": str, "response_body": bytes,
+    "response_reason": str, "forwarded_at": float, "failure_reason": str,
+}
+GRANT_COLUMNS: dict[str, type] = {
+    "id": str, "agent": str, "method": str, "host": str, "path": str, "created_by": str,
+    "request_id": str, "created_at": float, "expires_at": float, "revoked_at": float,
+    "revoked_by": str,
+}
+
+
+def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
+                  comments: tuple[CommentEntry, ...]) -> HoldRecord:
+    response = None
+    if row["response_status"] is not None and row["response_body"] is not None:
+        response = UpstreamResponse(row["response_status"],
+                                    tuple(tuple(h) for h in json.loads(row["response_headers"])),  # type: ignore[misc]
+                                    bytes(row["response_body"]), row["response_reason"] or "")
+    return HoldRecord(
+        id=row["id"], status=HoldStatus(row["status"]), fingerprint=row["fingerprint"],
+        agent=row["agent"], agent_address=row["agent_address"] or "",
+        request=AgentRequest(row["method"], row["scheme"], row["host"], row["port"], row["target"],
+                             tuple(tuple(h) for h in json.loads(row["headers"])),  # type: ignore[misc]
+                             bytes(row["body"] or b"")),
+        message=row["message"] or "", rule=row["rule"] or "default",
+        reviewers=tuple(json.loads(row["reviewers"] or "[]")),
+        approvals_needed=row["approvals_needed"], grantable=bool(row["grantable"]),
+        on_timeout=OnTimeout(row["on_timeout"]), created_at=row["created_at"],
+        deadline=row["deadline"], updated_at=row["updated_at"],
+        decisions=decisions, comments=comments,
+        edit_body=None if row["edit_body"] is None else bytes(row["edit_body"]),
+        edit_headers=tuple(tuple(h) for h in json.loads(row["edit_headers"])) if row["edit_headers"] else (),  # type: ignore[misc]
+        approved_digest=row["approved_digest"], decided_at=row["decided_at"],
+        response=response, response_status=row["response_status"],
+        forwarded_at=row["forwarded_at"], failure_reason=row["failure_reason"],
+    )
+
+
+def audit_from_row(row: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(int(row["seq"]), row["at"], row["event"], row["request_id"], row["actor"],
+                       json.loads(row["detail"]), row["prev_hash"], row["hash"])

@@ -1,0 +1,413 @@
+"""The pending store's logic, shared by the SQLite and PostgreSQL backends.
+
+Theory of operation
+-------------------
+Rule 1. The store is the single source of truth for a held request. In-memory waiters in
+        the gate are only wake-ups; every answer the agent gets is read from here.
+Rule 2. Every lifecycle transition is one conditional UPDATE (``... WHERE status = ?``)
+        inside one write transaction, together with its audit record. Write transactions
+        run one at a time across every process sharing the store (SQLite: ``BEGIN
+        IMMEDIATE``; PostgreSQL: a transaction-level advisory lock taken first). A
+        transition the state table (``model.TRANSITIONS``) does not allow raises
+        ``InvalidTransition``; a lost race shows up as rowcount 0, never as a double move.
+Rule 3. Only the holder of a successful ``claim`` (approved → forwarding) forwards.
+Rule 4. Secret headers are kept only while the request may still be forwarded; on reaching
+        a final state they are overwritten with "[redacted]".
+Rule 5. The audit chain is appended in the same transaction as the change it describes,
+        so the chain and the records never disagree; with writers serialized (Rule 2) its
+        seq grows by one, with no gaps, in commit order.
+
+A backend supplies the plumbing: ``_tx`` (the serialized write transaction), ``_exec``
+(a statement, returning its rowcount) and ``_q`` (a query, returning dict rows), with
+``?`` placeholders, plus ``ping`` and ``close``. All methods are synchronous and must
+run on one thread (``store.AsyncStore`` does that).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager
+from typing import Any
+
+from proxy.errors import InvalidTransition, NotFound
+from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
+from proxy.redact import SECRET_HEADERS
+from proxy.store.records import (
+    GENESIS,
+    AuditRecord,
+    CommentEntry,
+    DecisionEntry,
+    Grant,
+    HoldRecord,
+    new_id,
+    rfc3339,
+)
+from proxy.store.rows import audit_from_row, hold_from_row
+
+REDACTED = "[redacted]"
+
+AUDIT_PAGE = 1000
+
+
+class SqlBackend:
+    # The case-insensitive LIKE of the dialect (SQLite's LIKE already ignores ASCII case).
+    _LIKE = "LIKE"
+
+    def __init__(self, secret_headers: frozenset[str]) -> None:
+        self._secrets = SECRET_HEADERS | secret_headers
+
+    # -- plumbing, supplied by the backend -----------------------------------------------
+    def _tx(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        raise NotImplementedError
+
+    def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        rows = self._q(sql, params)
+        return next(iter(rows[0].values())) if rows else None
+
+    # -- audit ---------------------------------------------------------------------------
+    def _audit(self, now: float, event: str, request_id: str | None, actor: str,
+               detail: dict[str, Any]) -> None:
+        last = self._q("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        seq, prev = (int(last[0]["seq"]) + 1, last[0]["hash"]) if last else (1, GENESIS)
+        rec = AuditRecord(seq, rfc3339(now) or "", event, request_id, actor, detail, prev)
+        self._exec(
+            "INSERT INTO audit (seq, at, event, request_id, actor, detail, prev_hash, hash)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (seq, rec.at, event, request_id, actor, json.dumps(detail, sort_keys=True), prev,
+             rec.compute_hash()),
+        )
+
+    def audit_append(self, now: float, event: str, request_id: str | None, actor: str,
+                     detail: dict[str, Any]) -> None:
+        with self._tx():
+            self._audit(now, event, request_id, actor, detail)
+
+    def audit_list(self, *, after: int = 0, limit: int = 100,
+                   request_id: str | None = None) -> list[AuditRecord]:
+        sql, params = "SELECT * FROM audit WHERE seq > ?", [after]
+        if request_id:
+            sql += " AND request_id = ?"
+            params.append(request_id)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        return [audit_from_row(r) for r in self._q(sql, params)]
+
+    def audit_head(self) -> int:
+        """The seq of the newest audit record (0 when none)."""
+        return int(self._scalar("SELECT COALESCE(MAX(seq), 0) AS seq FROM audit"))
+
+    def audit_verify(self) -> int | None:
+        """The seq of the first record whose hash or link is broken, or None when intact."""
+        prev, expected_seq, after = GENESIS, 1, -(2**63)
+        while True:
+            rows = self._q("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, AUDIT_PAGE))
+            for row in rows:
+                rec = audit_from_row(row)
+                if rec.seq != expected_seq or rec.prev_hash != prev or rec.compute_hash() != rec.hash:
+                    return rec.seq
+                prev, expected_seq, after = rec.hash, rec.seq + 1, rec.seq
+            if len(rows) < AUDIT_PAGE:
+                return None
+
+    # -- held requests -------------------------------------------------------------------
+    def create(self, rec: HoldRecord) -> HoldRecord:
+        with self._tx():
+            self._insert(rec)
+        return rec
+
+    def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+        """Rule 3 made atomic: the lookup by fingerprint and the insert share one write
+        transaction, so identical requests arriving together make one review item.
+        Returns (record, created)."""
+        with self._tx():
+            found = self.find_by_fingerprint(rec.fingerprint, rec.created_at, replay_window)
+            if found is not None:
+                return found, False
+            self._insert(rec)
+        return rec, True
+
+    def _insert(self, rec: HoldRecord) -> None:
+        req = rec.request
+        self._exec(
+            "INSERT INTO requests (id, status, fingerprint, agent, agent_address, method, scheme,"
+            " host, port, target, headers, body, message, rule, reviewers, approvals_needed,"
+            " grantable, on_timeout, created_at, deadline, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rec.id, rec.status.value, rec.fingerprint, rec.agent, rec.agent_address,
+             req.method, req.scheme, req.host, req.port, req.target,
+             json.dumps(list(req.headers)), req.body, rec.message, rec.rule,
+             json.dumps(list(rec.reviewers)), rec.approvals_needed, int(rec.grantable),
+             rec.on_timeout.value, rec.created_at, rec.deadline, rec.created_at),
+        )
+        self._audit(rec.created_at, "hold", rec.id, rec.agent, {
+            "method": req.method, "url": req.url, "rule": rec.rule, "message": rec.message,
+            "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
+            "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
+        })
+
+    def get(self, request_id: str) -> HoldRecord | None:
+        rows = self._q("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return self._hydrate(rows[0]) if rows else None
+
+    def _must_get(self, request_id: str) -> HoldRecord:
+        rec = self.get(request_id)
+        if rec is None:
+            raise NotFound(f"no held request {request_id}")
+        return rec
+
+    def find_by_fingerprint(self, fingerprint: str, now: float, replay_window: float) -> HoldRecord | None:
+        """The record a new request with this fingerprint attaches to: a live one (pending,
+        approved, forwarding), or one forwarded within the replay window."""
+        rows = self._q(
+            "SELECT * FROM requests WHERE fingerprint = ? AND (status IN ('pending','approved','forwarding')"
+            " OR (status = 'forwarded' AND forwarded_at >= ?)) ORDER BY id DESC LIMIT 1",
+            (fingerprint, now - replay_window),
+        )
+        return self._hydrate(rows[0]) if rows else None
+
+    def count_pending(self, agent: str | None = None) -> int:
+        if agent is None:
+            return int(self._scalar("SELECT count(*) AS n FROM requests WHERE status='pending'"))
+        return int(self._scalar("SELECT count(*) AS n FROM requests WHERE status='pending' AND agent=?",
+                                (agent,)))
+
+    def oldest_pending(self) -> float | None:
+        """created_at of the oldest pending record (the metrics' hitl_oldest_pending_age_seconds)."""
+        return self._scalar("SELECT min(created_at) AS t FROM requests WHERE status='pending'")  # type: ignore[no-any-return]
+
+    def count_by_status(self) -> dict[str, int]:
+        return {r["status"]: int(r["n"])
+                for r in self._q("SELECT status, count(*) AS n FROM requests GROUP BY status")}
+
+    def list(self, *, statuses: list[str] | None = None, agent: str | None = None,
+             host: str | None = None, text: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[HoldRecord], str | None]:
+        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if agent:
+            where.append("agent = ?")
+            params.append(agent)
+        if host:
+            where.append("host = ?")
+            params.append(host)
+        if text:
+            like = self._LIKE
+            where.append(f"(message {like} ? OR target {like} ? OR host {like} ? OR agent {like} ?)")
+            params.extend([f"%{text}%"] * 4)
+        if cursor:
+            where.append("id < ?")
+            params.append(cursor)
+        rows = self._q(f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                       [*params, limit + 1])
+        items = [self._hydrate(r) for r in rows[:limit]]
+        next_cursor = items[-1].id if len(rows) > limit else None
+        return items, next_cursor
+
+    # -- decisions -----------------------------------------------------------------------
+    def decide(self, request_id: str, reviewer: str, verdict: str, comment: str, now: float, *,
+               edit_body: bytes | None = None, edit_headers: tuple[tuple[str, str | None], ...] = (),
+               approval_deadline: float | None = None, audit_detail: dict[str, Any] | None = None,
+               ) -> HoldRecord:
+        """Record one reviewer's approve/reject. Any rejection rejects; the approval that
+        reaches the quorum approves. Edits ride on the approval that carries them."""
+        with self._tx():
+            rec = self._must_get(request_id)
+            wanted = HoldStatus.REJECTED if verdict == "reject" else HoldStatus.APPROVED
+            if rec.status is not HoldStatus.PENDING:
+                raise InvalidTransition(request_id, rec.status.value, wanted.value)
+            if rec.deadline <= now:  # the deadline won; the deadline loop just has not run yet
+                due = HoldStatus.APPROVED if rec.on_timeout is OnTimeout.ALLOW else HoldStatus.EXPIRED
+                raise InvalidTransition(request_id, due.value, wanted.value)
+            if any(d.reviewer == reviewer for d in rec.decisions):
+                raise InvalidTransition(request_id, f"already decided by {reviewer}", wanted.value)
+            self._exec(
+                "INSERT INTO decisions (request_id, reviewer, verdict, comment, at) VALUES (?,?,?,?,?)",
+                (request_id, reviewer, verdict, comment, now),
+            )
+            if edit_body is not None or edit_headers:
+                self._exec(
+                    "UPDATE requests SET edit_body = ?, edit_headers = ?, updated_at = ? WHERE id = ?",
+                    (edit_body, json.dumps(list(edit_headers)) if edit_headers else None, now, request_id),
+                )
+            self._audit(now, verdict, request_id, reviewer, {"comment": comment, **(audit_detail or {})})
+            approvals = len(rec.approved_by) + (verdict == "approve")
+            if verdict == "reject":
+                self._move(rec, HoldStatus.REJECTED, now, "decided_at = ?", (now,))
+                self._scrub(request_id)
+                self._audit(now, "rejected", request_id, reviewer, {})
+            elif approvals >= rec.approvals_needed:
+                after = self._must_get(request_id)
+                digest = after.forward_request().content_digest()
+                deadline = max(rec.deadline, approval_deadline or rec.deadline)
+                self._move(rec, HoldStatus.APPROVED, now,
+                           "decided_at = ?, approved_digest = ?, deadline = ?", (now, digest, deadline))
+                self._audit(now, "approved", request_id, reviewer,
+                            {"approved_by": [*rec.approved_by, reviewer], "digest": digest})
+        return self._must_get(request_id)
+
+    def add_comment(self, request_id: str, author: str, comment: str, now: float) -> HoldRecord:
+        with self._tx():
+            self._must_get(request_id)
+            self._exec(
+                "INSERT INTO comments (request_id, author, comment, at) VALUES (?,?,?,?)",
+                (request_id, author, comment, now),
+            )
+            self._audit(now, "comment", request_id, author, {"comment": comment})
+        return self._must_get(request_id)
+
+    def claim(self, request_id: str, now: float) -> HoldRecord | None:
+        """approved → forwarding; the caller that gets a record back is the one that forwards.
+        An approval past its deadline is never forwarded: it expires here, in the same
+        transaction, so a retry that races the deadline loop cannot slip it through."""
+        with self._tx():
+            moved = self._exec(
+                "UPDATE requests SET status='forwarding', updated_at=? WHERE id=? AND status='approved'"
+                " AND deadline > ?",
+                (now, request_id, now),
+            )
+            if moved != 1:
+                rec = self.get(request_id)
+                if rec is not None and rec.status is HoldStatus.APPROVED:  # past its deadline
+                    self._move(rec, HoldStatus.EXPIRED, now, "decided_at=COALESCE(decided_at, ?)", (now,))
+                    self._scrub(rec.id)
+                    self._audit(now, "expired", rec.id, "timeout", {"was": rec.status.value})
+                return None
+            self._audit(now, "forwarding", request_id, "proxy", {})
+        return self._must_get(request_id)
+
+    def complete(self, request_id: str, response: UpstreamResponse, now: float,
+                 keep_body_limit: int) -> HoldRecord:
+        body = response.body if len(response.body) <= keep_body_limit else None
+        with self._tx():
+            rec = self._must_get(request_id)
+            self._move(rec, HoldStatus.FORWARDED, now,
+                       "forwarded_at=?, response_status=?, response_headers=?, response_body=?,"
+                       " response_reason=?",
+                       (now, response.status, json.dumps(list(response.headers)), body, response.reason))
+            self._scrub(request_id)
+            self._audit(now, "forwarded", request_id, "proxy", {"status": response.status,
+                                                                "response_bytes": len(response.body)})
+        return self._must_get(request_id)
+
+    def fail(self, request_id: str, reason: str, now: float) -> HoldRecord:
+        with self._tx():
+            rec = self._must_get(request_id)
+            self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
+            self._scrub(request_id)
+            self._audit(now, "failed", request_id, "proxy", {"reason": reason})
+        return self._must_get(request_id)
+
+    def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
+        """Apply deadlines: pending → expired (or → approved when on_timeout is allow), and
+        approved records whose agent never came back → expired."""
+        changed: list[str] = []
+        # A read first: the deadline loop runs twice a second and must not take the write
+        # lock (or wait on someone else's) when nothing is due.
+        if not self._q("SELECT 1 AS due FROM requests WHERE deadline <= ? AND status IN ('pending','approved')"
+                       " LIMIT 1", (now,)):
+            return []
+        with self._tx():
+            for row in self._q("SELECT id, status, on_timeout FROM requests WHERE deadline <= ?"
+                               " AND status IN ('pending','approved')", (now,)):
+                rec = self._must_get(row["id"])
+                if rec.status is HoldStatus.PENDING and rec.on_timeout is OnTimeout.ALLOW:
+                    digest = rec.forward_request().content_digest()
+                    self._move(rec, HoldStatus.APPROVED, now,
+                               "decided_at=?, approved_digest=?, deadline=?", (now, digest, now + approve_window))
+                    self._audit(now, "approved", rec.id, "timeout", {"on_timeout": "allow", "digest": digest})
+                else:
+                    self._move(rec, HoldStatus.EXPIRED, now, "decided_at=COALESCE(decided_at, ?)", (now,))
+                    self._scrub(rec.id)
+                    self._audit(now, "expired", rec.id, "timeout", {"was": rec.status.value})
+                changed.append(rec.id)
+        return [self._must_get(i) for i in changed]
+
+    def recover(self, now: float) -> list[HoldRecord]:
+        """After a crash: a record caught mid-forward is failed/interrupted, never re-sent
+        (we cannot know whether the upstream acted on it: at most once)."""
+        ids = [r["id"] for r in self._q("SELECT id FROM requests WHERE status='forwarding'")]
+        return [self.fail(i, "interrupted", now) for i in ids]
+
+    def next_deadline(self) -> float | None:
+        return self._scalar(  # type: ignore[no-any-return]
+            "SELECT min(deadline) AS d FROM requests WHERE status IN ('pending','approved')")
+
+    def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
+              extra_params: tuple[Any, ...] = ()) -> None:
+        if not can_transition(rec.status, wanted):
+            raise InvalidTransition(rec.id, rec.status.value, wanted.value)
+        sets = "status=?, updated_at=?" + (f", {extra_sql}" if extra_sql else "")
+        moved = self._exec(
+            f"UPDATE requests SET {sets} WHERE id=? AND status=?",
+            (wanted.value, now, *extra_params, rec.id, rec.status.value),
+        )
+        if moved != 1:
+            raise InvalidTransition(rec.id, "changed concurrently", wanted.value)
+
+    def _scrub(self, request_id: str) -> None:
+        row = self._q("SELECT headers, edit_headers FROM requests WHERE id=?", (request_id,))[0]
+        headers = [(n, REDACTED if n.lower() in self._secrets else v) for n, v in json.loads(row["headers"])]
+        edits = json.loads(row["edit_headers"]) if row["edit_headers"] else []
+        edits = [(n, REDACTED if (v is not None and n.lower() in self._secrets) else v) for n, v in edits]
+        self._exec("UPDATE requests SET headers=?, edit_headers=? WHERE id=?",
+                   (json.dumps(headers), json.dumps(edits) if edits else None, request_id))
+
+    def _hydrate(self, row: dict[str, Any]) -> HoldRecord:
+        rid = row["id"]
+        # rowid breaks ties between entries made in the same instant (PostgreSQL names an
+        # identity column so, to match SQLite's implicit one).
+        decisions = tuple(
+            DecisionEntry(d["reviewer"], d["verdict"], d["comment"] or "", d["at"])
+            for d in self._q("SELECT * FROM decisions WHERE request_id=? ORDER BY at, rowid", (rid,))
+        )
+        comments = tuple(
+            CommentEntry(c["author"], c["comment"], c["at"])
+            for c in self._q("SELECT * FROM comments WHERE request_id=? ORDER BY at, rowid", (rid,))
+        )
+        return hold_from_row(row, decisions, comments)
+
+    # -- grants --------------------------------------------------------------------------
+    def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
+                  request_id: str | None, now: float) -> Grant:
+        grant = Grant(new_id(now), agent, method, host, path, by, request_id, now, now + minutes * 60)
+        with self._tx():
+            self._exec(
+                "INSERT INTO grants (id, agent, method, host, path, created_by, request_id, created_at,"
+                " expires_at, revoked_at, revoked_by) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (grant.id, agent, method, host, path, by, request_id, now, grant.expires_at, None, None))
+            self._audit(now, "grant", request_id, by, {"grant_id": grant.id, "agent": agent,
+                        "method": method, "host": host, "path": path, "minutes": minutes})
+        return grant
+
+    def find_grant(self, agent: str, method: str, host: str, path: str, now: float) -> Grant | None:
+        rows = self._q("SELECT * FROM grants WHERE agent=? AND method=? AND host=? AND path=?"
+                       " AND revoked_at IS NULL AND expires_at > ? LIMIT 1",
+                       (agent, method, host, path, now))
+        return Grant(**rows[0]) if rows else None
+
+    def list_grants(self, now: float, include_inactive: bool = False) -> list[Grant]:
+        if include_inactive:
+            rows = self._q("SELECT * FROM grants ORDER BY id DESC LIMIT 500")
+        else:
+            rows = self._q("SELECT * FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
+                           " ORDER BY id DESC", (now,))
+        return [Grant(**r) for r in rows]
+
+    def revoke_grant(self, grant_id: str, by: str, now: float) -> Grant:
+        with self._tx():
+            moved = self._exec(
+                "UPDATE grants SET revoked_at=?, revoked_by=? WHERE id=? AND revoked_at IS NULL",
+                (now, by, grant_id))
+            if moved != 1:
+                raise NotFound(f"no active grant {grant_id}")
+            self._audit(now, "revoke_grant", None, by, {"grant_id": grant_id})
+        return Grant(**self._q("SELECT * FROM grants WHERE id=?", (grant_id,))[0])
+
