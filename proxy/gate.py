@@ -59,6 +59,7 @@ from proxy.policy.engine import PolicyEngine
 from proxy.policy.input import build_input
 from proxy.store import AsyncStore
 from proxy.store.records import HoldRecord, new_id
+from proxy.store.sql import HEARTBEAT_SECONDS, new_owner
 from proxy.upstream import OpenResponse, Upstream
 
 log = logging.getLogger("hitl.gate")
@@ -113,6 +114,7 @@ class Gate:
         self.clock = clock
         self._secret_headers = settings.proxy.secret_headers
         self._wakeups: dict[str, asyncio.Event] = {}
+        self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
         self._forwards: dict[str, asyncio.Task[Reply]] = {}
 
@@ -246,7 +248,7 @@ class Gate:
                                    request_id=request_id) from exc
 
     async def _claim_and_forward(self, request_id: str) -> Reply | None:
-        claimed = await self.store.claim(request_id, self.clock())
+        claimed = await self.store.claim(request_id, self.clock(), self.owner)
         if claimed is None:
             return None
         task = asyncio.current_task()
@@ -370,9 +372,19 @@ class Gate:
 
     # -- background duties ---------------------------------------------------------------
     async def recover(self) -> None:
-        for rec in await self.store.recover(self.clock()):
-            log.warning("%s was being forwarded when the proxy stopped; marked failed (interrupted), "
+        for rec in await self.store.recover(self.clock(), self.owner):
+            log.warning("%s was being forwarded by a process that stopped; marked failed (interrupted), "
                         "not re-sent", rec.id)
+            self._changed(rec.id, "failed")
+
+    async def run_heartbeat(self, interval: float = HEARTBEAT_SECONDS) -> None:
+        """While this process may forward, tell the store it lives (store/sql.py, Rule 6)."""
+        while True:
+            try:
+                await self.store.heartbeat(self.owner, self.clock())
+            except StoreError as exc:
+                log.warning("cannot record this forwarder's heartbeat: %s", exc)
+            await asyncio.sleep(interval)
 
     async def expire_due(self) -> None:
         for rec in await self.store.expire_due(self.clock(), self.settings.hold.timeout):
@@ -414,9 +426,14 @@ class Gate:
             await asyncio.sleep(interval)
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
+        """Deadlines, and (every ``HEARTBEAT_SECONDS``) forwards whose process is gone."""
+        swept = time.monotonic()
         while True:
             try:
                 await self.expire_due()
+                if time.monotonic() - swept >= HEARTBEAT_SECONDS:
+                    swept = time.monotonic()
+                    await self.recover()
             except StoreError as exc:
                 log.error("cannot apply deadlines: %s", exc)
             await asyncio.sleep(interval)

@@ -5,6 +5,7 @@ retries, replay, digest binding, and failing closed when the store cannot be wri
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from proxy.errors import ApprovalPending, ApprovalTimedOut, InvalidTransition
 from proxy.gate import Reply
 from proxy.model import TRANSITIONS, AgentRequest, HoldStatus, OnTimeout, UpstreamResponse
 from proxy.store.records import HoldRecord, new_id
-from proxy.store.sql import SqlBackend
+from proxy.store.sql import SqlBackend, new_owner
 from proxy.store.sqlite import SqliteBackend
 from tests.conftest import TEST_POLICY, Hitl, ServeProcess, Upstream, run_serve, write_config
 from tests.postgres import pg_url_fixture  # noqa: F401 - pg_url, behind store_opener's postgres case
@@ -202,6 +203,32 @@ def test_approval_after_the_deadline_is_refused_even_before_the_sweep(backend: S
         backend.decide(rid, "alice", "approve", "", T0 + 11)
     assert info.value.current == "expired"
     assert backend.get(rid).status is HoldStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_recovery_fails_only_the_forwards_of_processes_that_are_gone(backend: SqlBackend) -> None:
+    """store/sql.py Rule 6: a live forwarder's forwards are left alone, whoever sweeps."""
+    import subprocess
+
+    now = T0 + 1
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid of this host that no longer runs
+    host = socket.gethostname()
+    owners = {"live": new_owner(), "dead_pid": f"{host}:{dead.pid}:00", "silent": "elsewhere:1:00",
+              "fresh_remote": "elsewhere:2:00", "none": None}
+    for name in ("live", "dead_pid", "silent", "fresh_remote"):
+        backend.heartbeat(owners[name], now - (100 if name == "silent" else 1))  # type: ignore[arg-type]
+    ids = {}
+    for name, owner in owners.items():
+        rid = _drive_to(backend, HoldStatus.APPROVED)
+        assert backend.claim(rid, now, owner) is not None
+        ids[name] = rid
+    failed = {r.id for r in backend.recover(now, owner=new_owner(), lease=30)}
+    assert failed == {ids["dead_pid"], ids["silent"], ids["none"]}
+    assert backend.get(ids["live"]).status is HoldStatus.FORWARDING  # type: ignore[union-attr]
+    assert backend.get(ids["fresh_remote"]).status is HoldStatus.FORWARDING  # type: ignore[union-attr]
+    # The owner itself never takes its own forwards for interrupted.
+    assert backend.recover(now + 100, owner=owners["live"], lease=30) == [
+        backend.get(ids["fresh_remote"])]
 
 
 def test_claim_after_the_deadline_expires_instead_of_forwarding(backend: SqlBackend) -> None:

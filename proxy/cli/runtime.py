@@ -111,11 +111,13 @@ class Runtime:
                                  ca_bundle=s.proxy.upstream_ca_bundle, observe=self.metrics.observe_upstream)
         self.gate = Gate(settings=s, policy=self.policy, store=self.store, upstream=self.upstream,
                          metrics=self.metrics, events=EventBus())
-        # Only a process that forwards may judge a record left in `forwarding` as interrupted:
-        # a review-only process sharing the store would cut short a live forward elsewhere.
-        # Nor may a worker: the primary did it before starting any.
-        if self.role in ("all", "proxy") and primary:
-            await self.gate.recover()
+        if self.role in ("all", "proxy"):
+            # This process may forward: it must be seen alive before its first claim, or a
+            # sweep elsewhere would take its forwards for a dead process's (store/sql.py).
+            await self.store.heartbeat(self.gate.owner, self.gate.clock())
+            self._tasks.append(asyncio.create_task(self.gate.run_heartbeat()))
+            if primary:  # forwards interrupted by a process that is gone; deadlines sweep later ones
+                await self.gate.recover()
         if "review" in sockets:
             review_sock = sockets["review"]
             self.review_address = review_sock.getsockname()[:2]

@@ -68,8 +68,8 @@ class AsyncStore:
     async def add_comment(self, request_id: str, author: str, comment: str, now: float) -> HoldRecord:
         return await self._run(self.backend.add_comment, request_id, author, comment, now)
 
-    async def claim(self, request_id: str, now: float) -> HoldRecord | None:
-        return await self._run(self.backend.claim, request_id, now)
+    async def claim(self, request_id: str, now: float, owner: str | None = None) -> HoldRecord | None:
+        return await self._run(self.backend.claim, request_id, now, owner)
 
     async def complete(self, request_id: str, response: UpstreamResponse, now: float,
                        keep_body_limit: int) -> HoldRecord:
@@ -81,8 +81,11 @@ class AsyncStore:
     async def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
         return await self._run(self.backend.expire_due, now, approve_window)
 
-    async def recover(self, now: float) -> list[HoldRecord]:
-        return await self._run(self.backend.recover, now)
+    async def heartbeat(self, owner: str, now: float) -> None:
+        await self._run(self.backend.heartbeat, owner, now)
+
+    async def recover(self, now: float, owner: str | None = None) -> list[HoldRecord]:
+        return await self._run(self.backend.recover, now, owner)
 
     async def next_deadline(self) -> float | None:
         return await self._run(self.backend.next_deadline)

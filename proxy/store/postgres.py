@@ -36,7 +36,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from proxy.errors import StoreError
-from proxy.store.rows import GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
 from proxy.store.sql import SqlBackend
 
 T = TypeVar("T")
@@ -82,6 +82,8 @@ SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS comments ({_ENTRY}, author TEXT, comment TEXT, at DOUBLE PRECISION)",
     "CREATE INDEX IF NOT EXISTS comments_request_id ON comments (request_id)",
     _table("grants", GRANT_COLUMNS, "id"),
+    _table("claims", CLAIM_COLUMNS, "request_id"),
+    _table("forwarders", FORWARDER_COLUMNS, "id"),
     ("CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at TEXT, event TEXT, request_id TEXT,"
      " actor TEXT, detail TEXT, prev_hash TEXT, hash TEXT)"),
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT)",

@@ -19,6 +19,9 @@ REQUEST_COLUMNS: dict[str, type] = {
     "response_status": int, "response_headers": str, "response_body": bytes,
     "response_reason": str, "forwarded_at": float, "failure_reason": str,
 }
+# Who forwards a record in `forwarding` (sql.py, Rule 6), and when each forwarder was last seen.
+CLAIM_COLUMNS: dict[str, type] = {"request_id": str, "owner": str}
+FORWARDER_COLUMNS: dict[str, type] = {"id": str, "seen": float}
 GRANT_COLUMNS: dict[str, type] = {
     "id": str, "agent": str, "method": str, "host": str, "path": str, "created_by": str,
     "request_id": str, "created_at": float, "expires_at": float, "revoked_at": float,

@@ -16,6 +16,11 @@ Rule 4. Secret headers are kept only while the request may still be forwarded; o
 Rule 5. The audit chain is appended in the same transaction as the change it describes,
         so the chain and the records never disagree; with writers serialized (Rule 2) its
         seq grows by one, with no gaps, in commit order.
+Rule 6. A claim records its owner, the forwarding process (``host:pid:nonce``), which
+        heartbeats while it lives. ``recover`` fails a record in `forwarding` only when its
+        owner is gone: a dead pid on this host, or no heartbeat for ``FORWARDER_LEASE``
+        seconds. Several processes (workers, pods) can share a store and restart one by one
+        without cutting short each other's forwards.
 
 A backend supplies the plumbing: ``_tx`` (the serialized write transaction), ``_exec``
 (a statement, returning its rowcount) and ``_q`` (a query, returning dict rows), with
@@ -26,6 +31,9 @@ run on one thread (``store.AsyncStore`` does that).
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -47,6 +55,28 @@ from proxy.store.rows import audit_from_row, hold_from_row
 REDACTED = "[redacted]"
 
 AUDIT_PAGE = 1000
+FORWARDER_LEASE = 30.0  # seconds without a heartbeat after which a forwarder counts as gone
+HEARTBEAT_SECONDS = 5.0
+
+
+def new_owner() -> str:
+    """This process's name as a forwarder: host, pid, and a nonce (a pid is reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when ``owner`` is a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host: only its lease can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class SqlBackend:
@@ -263,7 +293,7 @@ class SqlBackend:
             self._audit(now, "comment", request_id, author, {"comment": comment})
         return self._must_get(request_id)
 
-    def claim(self, request_id: str, now: float) -> HoldRecord | None:
+    def claim(self, request_id: str, now: float, owner: str | None = None) -> HoldRecord | None:
         """approved → forwarding; the caller that gets a record back is the one that forwards.
         An approval past its deadline is never forwarded: it expires here, in the same
         transaction, so a retry that races the deadline loop cannot slip it through."""
@@ -280,6 +310,8 @@ class SqlBackend:
                     self._scrub(rec.id)
                     self._audit(now, "expired", rec.id, "timeout", {"was": rec.status.value})
                 return None
+            if owner is not None:
+                self._exec("INSERT INTO claims (request_id, owner) VALUES (?, ?)", (request_id, owner))
             self._audit(now, "forwarding", request_id, "proxy", {})
         return self._must_get(request_id)
 
@@ -330,11 +362,27 @@ class SqlBackend:
                 changed.append(rec.id)
         return [self._must_get(i) for i in changed]
 
-    def recover(self, now: float) -> list[HoldRecord]:
-        """After a crash: a record caught mid-forward is failed/interrupted, never re-sent
-        (we cannot know whether the upstream acted on it: at most once)."""
-        ids = [r["id"] for r in self._q("SELECT id FROM requests WHERE status='forwarding'")]
-        return [self.fail(i, "interrupted", now) for i in ids]
+    def heartbeat(self, owner: str, now: float) -> None:
+        with self._tx():
+            if self._exec("UPDATE forwarders SET seen=? WHERE id=?", (now, owner)) == 0:
+                self._exec("INSERT INTO forwarders (id, seen) VALUES (?, ?)", (owner, now))
+
+    def recover(self, now: float, owner: str | None = None,
+                lease: float = FORWARDER_LEASE) -> list[HoldRecord]:
+        """Records caught mid-forward by a process that is gone (Rule 6) are failed/
+        interrupted, never re-sent: we cannot know whether the upstream acted on them (at
+        most once). ``owner``'s own forwards are never touched."""
+        rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
+                       " LEFT JOIN claims c ON c.request_id = r.id"
+                       " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
+        gone = [r["id"] for r in rows
+                if r["owner"] is None  # claimed without an owner: no one can still be at it
+                or (r["owner"] != owner
+                    and (r["seen"] is None or r["seen"] < now - lease or owner_gone(r["owner"])))]
+        if rows:
+            with self._tx():  # forwarders not seen for a day are long gone
+                self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
+        return [self.fail(i, "interrupted", now) for i in gone]
 
     def next_deadline(self) -> float | None:
         return self._scalar(  # type: ignore[no-any-return]

@@ -15,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from proxy.errors import StoreError
-from proxy.store.rows import GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
 from proxy.store.sql import SqlBackend
 
 
@@ -68,6 +68,8 @@ class SqliteBackend(SqlBackend):
         )
         db["comments"].create_index(["request_id"], if_not_exists=True)
         db["grants"].create(GRANT_COLUMNS, pk="id", if_not_exists=True)
+        db["claims"].create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
+        db["forwarders"].create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
         db["audit"].create(
             {"seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
              "prev_hash": str, "hash": str},
