@@ -132,10 +132,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from proxy.cli.runtime import serve
-    from proxy.policy.engine import PolicyLoadError
     from proxy.cli.workers import WorkerError
-    from proxy.server import ListenError
     from proxy.errors import StoreError
+    from proxy.policy.engine import PolicyLoadError
+    from proxy.server import ListenError
 
     settings = _settings(args.config)
     from proxy.logs import setup_logging
