@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,8 +32,9 @@ def start_role(config: Path, role: str) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError(f"--role {role} did not start")
 
 
-def test_proxy_and_review_roles_share_the_store(tmp_path: Path, upstream: Upstream) -> None:
-    config = write_config(tmp_path, {"hold.client_wait": "20s"})
+def roles_share_the_store(tmp_path: Path, upstream: Upstream, overrides: dict[str, Any] | None = None) -> None:
+    """A hold made in the proxy process, approved in the review process, forwarded once."""
+    config = write_config(tmp_path, {"hold.client_wait": "20s", **(overrides or {})})
     review, review_url = start_role(config, "review")
     proxy, proxy_url = start_role(config, "proxy")
     try:
@@ -45,19 +47,28 @@ def test_proxy_and_review_roles_share_the_store(tmp_path: Path, upstream: Upstre
 
         thread = threading.Thread(target=agent)
         thread.start()
-        with httpx.Client(base_url=review_url, headers={"Authorization": f"Bearer {token}"},
-                          trust_env=False, timeout=10) as api:
-            deadline = time.monotonic() + 15
-            items: list[dict[str, str]] = []
-            while not items and time.monotonic() < deadline:
-                items = api.get("/api/requests", params={"status": "pending"}).json()["items"]
-                time.sleep(0.1)
-            assert items, "the hold made by the proxy process is not visible to the review process"
-            assert api.post(f"/api/requests/{items[0]['id']}/approve", json={}).status_code == 200
-        thread.join(20)
+        approve_first_pending(review_url, token)
+        thread.join(30)
         assert box["r"].status_code == 200
         assert upstream.count("/hold/split") == 1
     finally:
         for proc in (proxy, review):
             proc.terminate()
             proc.wait(10)
+
+
+def approve_first_pending(review_url: str, token: str) -> str:
+    with httpx.Client(base_url=review_url, headers={"Authorization": f"Bearer {token}"},
+                      trust_env=False, timeout=10) as api:
+        deadline = time.monotonic() + 15
+        items: list[dict[str, str]] = []
+        while not items and time.monotonic() < deadline:
+            items = api.get("/api/requests", params={"status": "pending"}).json()["items"]
+            time.sleep(0.05)
+        assert items, "the hold made by the proxy process is not visible to the review process"
+        assert api.post(f"/api/requests/{items[0]['id']}/approve", json={"comment": "ok"}).status_code == 200
+        return items[0]["id"]
+
+
+def test_proxy_and_review_roles_share_the_store(tmp_path: Path, upstream: Upstream) -> None:
+    roles_share_the_store(tmp_path, upstream)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from proxy.store.postgres import PostgresBackend
 from tests.conftest import HITL, Hitl, Upstream, run_serve, write_config
 from tests.postgres import POSTGRES, admin, pg_url_fixture  # noqa: F401 - the pg_url fixture
 from tests.test_durability import T0, _drive_to, _record
-from tests.test_roles import start_role
+from tests.test_roles import approve_first_pending, roles_share_the_store
 
 
 def _opened(url: str, count: int) -> list[PostgresBackend]:
@@ -355,19 +354,6 @@ def test_a_writer_holding_the_tables_fails_closed(pg_url: str, make_hitl: Callab
     assert httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30).status_code == 200
 
 
-def _approve_first_pending(review_url: str, token: str) -> str:
-    with httpx.Client(base_url=review_url, headers={"Authorization": f"Bearer {token}"},
-                      trust_env=False, timeout=10) as api:
-        deadline = time.monotonic() + 15
-        items: list[dict[str, str]] = []
-        while not items and time.monotonic() < deadline:
-            items = api.get("/api/requests", params={"status": "pending"}).json()["items"]
-            time.sleep(0.05)
-        assert items, "no pending request"
-        assert api.post(f"/api/requests/{items[0]['id']}/approve", json={"comment": "ok"}).status_code == 200
-        return items[0]["id"]
-
-
 def test_serve_over_postgres_holds_then_forwards_once(pg_url: str, tmp_path: Path, upstream: Upstream) -> None:
     url = pg_url.replace("root@", "root:hunter2@")  # the server trusts; the password must not leak
     config = write_config(tmp_path, {"store.url": url, "hold.client_wait": "20s",
@@ -383,7 +369,7 @@ def test_serve_over_postgres_holds_then_forwards_once(pg_url: str, tmp_path: Pat
         thread = threading.Thread(target=agent)
         thread.start()
         token = (tmp_path / "data" / "admin-token").read_text().strip()
-        rid = _approve_first_pending(served.review_url, token)
+        rid = approve_first_pending(served.review_url, token)
         thread.join(30)
         assert box["r"].status_code == 200 and box["r"].headers["x-hitl-request-id"] == rid
         with httpx.Client(proxy=served.proxy_url, trust_env=False, timeout=30) as client:
@@ -401,24 +387,4 @@ def test_serve_over_postgres_holds_then_forwards_once(pg_url: str, tmp_path: Pat
 
 def test_proxy_and_review_roles_share_a_postgres_store(pg_url: str, tmp_path: Path,
                                                        upstream: Upstream) -> None:
-    config = write_config(tmp_path, {"store.url": pg_url, "hold.client_wait": "20s"})
-    review, review_url = start_role(config, "review")
-    proxy, proxy_url = start_role(config, "proxy")
-    try:
-        box: dict[str, httpx.Response] = {}
-
-        def agent() -> None:
-            with httpx.Client(proxy=proxy_url, trust_env=False, timeout=30) as client:
-                box["r"] = client.post(upstream.url("/hold/split"), content=b"x")
-
-        thread = threading.Thread(target=agent)
-        thread.start()
-        token = (tmp_path / "data" / "admin-token").read_text().strip()
-        _approve_first_pending(review_url, token)
-        thread.join(30)
-        assert box["r"].status_code == 200
-        assert upstream.count("/hold/split") == 1
-    finally:
-        for proc in (proxy, review):
-            proc.terminate()
-            proc.wait(10)
+    roles_share_the_store(tmp_path, upstream, {"store.url": pg_url})
