@@ -1,21 +1,23 @@
 """HTTPS through hitl-proxy: blind-tunnel throughput against direct, and intercepted req/s.
 
-    .venv/bin/python bench/bench_tls.py [--duration 8]
+    .venv/bin/python bench/bench_tls.py [--duration 8] [--runs 3]
 
 An HTTPS upstream (asyncio, a trustme certificate) runs in its own process; ``hitl-proxy
 serve`` in another, with an allow-all policy whose ``intercept`` rule makes ``localhost`` a
 blind tunnel and ``127.0.0.1`` intercepted. The load generator is a small asyncio client (wrk
 cannot CONNECT): it opens its connections once (CONNECT + TLS through the proxy, or TLS
 straight to the upstream) and then sends keep-alive requests, reading each response by its
-Content-Length. Prints a table; asserts nothing.
+Content-Length. With ``--runs N`` each case runs N times, direct and tunnel interleaved, and
+the table shows each case's median run. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import asyncio
 import os
+import resource
+import socket
 import ssl
 import sys
 import tempfile
@@ -124,6 +126,12 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def self_cpu() -> float:
+    """CPU seconds used so far by this process (the load generator)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load(*args: object) -> tuple[float, float]:
     return asyncio.run(_load(*args))  # type: ignore[arg-type]
 
@@ -145,6 +153,7 @@ def free_port_pair() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--runs", type=int, default=1, help="runs per case; the table shows the median")
     ap.add_argument("--upstream", nargs=3, metavar=("PORT", "CERT", "KEY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.upstream:
@@ -191,23 +200,36 @@ def main() -> int:
                 ("plain HTTP via proxy", plain, "127.0.0.1", proxy_port, None, "/small", 32),
                 ("intercepted, small GET", target, "127.0.0.1", proxy_port, hitl_ctx, "/small", 32),
             ]
-            rows = []
+            runs: dict[str, list[tuple[float, float, float, float, float]]] = {c[0]: [] for c in cases}
             for name, tgt, host, via, ctx, path, conns in cases:
                 load(tgt, host, via, ctx, path, conns, 1)  # warm-up: connections, leaf certificate
-                cpu0, t0 = proc_cpu(procs[1].pid), time.perf_counter()
-                rps, bps = load(tgt, host, via, ctx, path, conns, args.duration)
-                cpu = (proc_cpu(procs[1].pid) - cpu0) / (time.perf_counter() - t0) if via else 0.0
-                rows.append((name, conns, rps, bps, cpu))
+            for _ in range(args.runs):
+                for name, tgt, host, via, ctx, path, conns in cases:
+                    cpu0 = [proc_cpu(procs[0].pid), proc_cpu(procs[1].pid), self_cpu()]
+                    t0 = time.perf_counter()
+                    rps, bps = load(tgt, host, via, ctx, path, conns, args.duration)
+                    wall = time.perf_counter() - t0
+                    up, hitl, client = ((now - was) / wall for now, was in zip(
+                        [proc_cpu(procs[0].pid), proc_cpu(procs[1].pid), self_cpu()], cpu0))
+                    runs[name].append((rps, bps, hitl if via else 0.0, up, client))
+            rows = [(name, conns, *sorted(runs[name], key=lambda r: r[0])[(args.runs - 1) // 2])
+                    for name, _t, _h, _v, _c, _p, conns in cases]
         finally:
             for proc in procs:
                 stop(proc)
-    print(f"\nHTTPS through hitl-proxy, {args.duration:g}s per row, keep-alive connections opened once; "
+    print(f"\nHTTPS through hitl-proxy, {args.duration:g}s per row (median of {args.runs}), keep-alive "
+          f"connections opened once; "
           f"{os.cpu_count()} cores shared by client, upstream and proxy (load average now "
           f"{os.getloadavg()[0]:.1f})\n")
-    print(f"{'case':<26} {'conns':>5} {'req/s':>9} {'MiB/s':>9} {'proxy CPU':>9} {'req/s per proxy core':>21}")
-    for name, conns, rps, bps, cpu in rows:
+    print(f"{'case':<26} {'conns':>5} {'req/s':>9} {'MiB/s':>9} {'proxy CPU':>9} {'req/s per proxy core':>21}"
+          f" {'upstream CPU':>12} {'client CPU':>10}")
+    for name, conns, rps, bps, cpu, up, client in rows:
         per_core = f"{rps / cpu:>21.0f}" if cpu else f"{'':>21}"
-        print(f"{name:<26} {conns:>5} {rps:>9.0f} {bps / BIG:>9.1f} {cpu:>9.0%} {per_core}")
+        print(f"{name:<26} {conns:>5} {rps:>9.0f} {bps / BIG:>9.1f} {cpu:>9.0%} {per_core} "
+              f"{up:>12.0%} {client:>10.0%}")
+    if args.runs > 1:
+        ratios = [t[1] / d[1] for d, t in zip(runs[cases[0][0]], runs[cases[1][0]])]
+        print("\nblind tunnel / direct, run by run: " + ", ".join(f"{r:.2f}" for r in ratios))
     direct, tunnel = rows[0][3], rows[1][3]
     print(f"\nblind tunnel throughput: {tunnel / direct:.2f}x direct (target >= 0.8x); "
           f"intercepted: {rows[4][2]:.0f} req/s (target >= 1000)")

@@ -18,19 +18,19 @@ Rule 4. Interception terminates TLS with a leaf from the local CA (``proxy/ca.py
         ``Host`` must name that authority (421 otherwise). Upstream TLS is verified by
         ``upstream.py``; a certificate it cannot verify is a 502, never an unverified forward.
 Rule 5. Every tunnel is bounded: a dial timeout, a TLS handshake timeout, an idle timeout,
-        and both sockets closed when either side fails.
+        and both sockets closed when either side fails. A blind tunnel passes a half-close
+        on (EOF one way shuts the other side's write half; the other way keeps flowing) and
+        reads no faster than the slower side takes (``proxy/tunnel.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
 from typing import TYPE_CHECKING
 
 import h11
-from prometheus_client import Counter
 
 from proxy.ca import CertificateAuthority
 from proxy.config import Settings
@@ -40,6 +40,7 @@ from proxy.http1 import ClientGone, HTTPConnection
 from proxy.logs import note
 from proxy.model import Action, Agent, Decision
 from proxy.policy.input import canonical_host, connect_input
+from proxy.tunnel import CAN_SPLICE, Tunnel, detach, dial
 from proxy.upstream import resolve_guarded
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ log = logging.getLogger("hitl.connect")
 HANDSHAKE_TIMEOUT = 10.0  # an agent has this long to finish its TLS handshake
 DNS_TIMEOUT = 10.0
 TUNNEL_IDLE_TIMEOUT = 300.0  # a blind tunnel with no byte either way for this long is closed
-COPY_CHUNK = 256 * 1024
 
 
 def parse_authority(target: str) -> tuple[str, int]:
@@ -84,6 +84,7 @@ class ConnectHandler:
         self.ca = authority or CertificateAuthority.load_or_create(settings.proxy.ca_dir)
         self.idle_timeout = TUNNEL_IDLE_TIMEOUT
         self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.splice = CAN_SPLICE  # blind tunnels copy with os.splice where the OS has it
 
     async def handle(self, http: HTTPConnection, event: h11.Request, agent: Agent, request_id: str) -> None:
         host, port = parse_authority(event.target.decode("latin-1"))
@@ -146,8 +147,7 @@ class ConnectHandler:
         failure: BaseException | None = None
         for ip in addresses:
             try:
-                up_reader, up_writer = await asyncio.wait_for(
-                    asyncio.open_connection(ip, port, limit=COPY_CHUNK), self.settings.proxy.upstream_timeout)
+                upstream = await dial(ip, port, self.settings.proxy.upstream_timeout)
                 break
             except (OSError, TimeoutError) as exc:
                 failure = exc
@@ -158,15 +158,14 @@ class ConnectHandler:
         try:
             await self._established(http, request_id)
             early, _closed = http.conn.trailing_data
-            log.info("blind tunnel %s to %s:%s (%s)", request_id, host, port, up_writer.get_extra_info("peername"))
-            await _Pipe(self.gate, self.idle_timeout).run(http.reader, http.writer, up_reader, up_writer,
-                                                           early)
-        finally:
-            up_writer.close()
-            try:
-                await asyncio.wait_for(up_writer.wait_closed(), 5)
-            except (OSError, TimeoutError):
-                pass
+            agent, buffered = detach(http.reader, http.writer)
+        except BaseException:
+            upstream.close()
+            raise
+        log.info("blind tunnel %s to %s:%s (%s)", request_id, host, port, ip)
+        bytes_ = self.gate.metrics.tunnel_bytes
+        await Tunnel(agent, upstream, self.idle_timeout, bytes_.labels("to_upstream"),
+                     bytes_.labels("to_agent"), use_splice=self.splice).run(early + buffered)
 
     async def _established(self, http: HTTPConnection, request_id: str) -> None:
         # h11 takes a 2xx answer to CONNECT as a protocol switch: after it, the socket is ours.
@@ -194,59 +193,3 @@ class ConnectHandler:
             return
         inner = HTTPConnection(http.reader, http.writer)
         await self.proxy_server.serve_http(inner, tls_authority=(host, port))
-
-
-class _Pipe:
-    """Copy bytes both ways until both sides finished or either fails (Rule 5).
-
-    Back-pressure: each direction awaits ``drain`` before reading again, so a slow reader on
-    one side stops the proxy reading from the other. Half-close: EOF from one side becomes a
-    FIN to the other, and the opposite direction keeps flowing until it ends too.
-    """
-
-    def __init__(self, gate: Gate, idle_timeout: float) -> None:
-        self.gate = gate
-        self.idle_timeout = idle_timeout
-        self.last_activity = time.monotonic()
-
-    async def run(self, a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
-                  b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter, early: bytes) -> None:
-        to_up = self.gate.metrics.tunnel_bytes.labels("to_upstream")
-        to_agent = self.gate.metrics.tunnel_bytes.labels("to_agent")
-        for writer in (a_writer, b_writer):
-            # Room for a few chunks in flight: drain() then waits on the peer, not on us.
-            writer.transport.set_write_buffer_limits(high=4 * COPY_CHUNK)
-        if early:
-            b_writer.write(early)
-            to_up.inc(len(early))
-        tasks = [asyncio.ensure_future(self._copy(a_reader, b_writer, to_up)),
-                 asyncio.ensure_future(self._copy(b_reader, a_writer, to_agent))]
-        try:
-            pending: set[asyncio.Future[None]] = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if any(t.exception() is not None for t in done):
-                    break  # either side failed: stop both (the caller closes both sockets)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _copy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: Counter) -> None:
-        inc = counter.inc
-        while True:
-            try:
-                async with asyncio.timeout(self.idle_timeout):  # no extra task per chunk
-                    data = await reader.read(COPY_CHUNK)
-            except TimeoutError:
-                if time.monotonic() - self.last_activity < self.idle_timeout:
-                    continue  # the other direction is busy: the tunnel is not idle
-                raise
-            if not data:
-                if writer.can_write_eof():
-                    writer.write_eof()
-                return
-            self.last_activity = time.monotonic()
-            writer.write(data)
-            inc(len(data))
-            await writer.drain()
