@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HITL, PY, free_port, start, stop, wait_port  # noqa: E402
+from run import HITL, PY, free_port, start, stop, wait_port
 
 BIG = 1024 * 1024
 SMALL_BODY = b'{"ok": true}\n'
