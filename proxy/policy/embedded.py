@@ -20,7 +20,6 @@ and output for any string holding a quote or a backslash (see ``_cstr``).
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import dataclasses
 import json
@@ -135,14 +134,14 @@ class EmbeddedEngine:
             key = self._cache_key(entrypoint, doc)
             if key is not None and (value := self._cache.get(key, _UNDEFINED)) is not _UNDEFINED:  # type: ignore[union-attr]
                 self._cache.move_to_end(key)  # type: ignore[union-attr]
-                return copy.deepcopy(value)
+                return value  # shared, never mutated: decide() and intercept() only read it
             try:
                 _set_input(self._rego, doc)
             except (regopy.RegoError, *_INPUT_ERRORS) as exc:
                 raise PolicyError(f"the input cannot be passed to the policy: {exc}") from exc
             value = _result(self._rego, self._bundle, entrypoint)  # errors are never cached
             if key is not None:
-                self._cache[key] = copy.deepcopy(value)  # type: ignore[index]
+                self._cache[key] = value  # type: ignore[index]
                 if len(self._cache) > CACHE_ENTRIES:  # type: ignore[arg-type]
                     self._cache.popitem(last=False)  # type: ignore[union-attr]
             return value
