@@ -118,28 +118,19 @@
     return li;
   }
 
-  function startQueue() {
-    const list = document.getElementById("queue");
-    const tpl = document.getElementById("row-template");
-    const empty = document.getElementById("empty");
-    const shown = document.getElementById("shown-count");
+  // A page drawn from a JSON view: fetched again on live events (a burst of events costs
+  // one fetch), one fetch at a time, and every 30 s as a safety net should an event be missed.
+  function liveView(url, loginNext, render) {
     let timer = null;
     let busy = false;
-
     async function refresh() {
       if (busy) { schedule(); return; }
       busy = true;
       try {
-        const r = await fetch("/queue.json" + window.location.search,
-          { credentials: "same-origin", headers: { Accept: "application/json" } });
-        if (r.status === 401) { window.location.assign("/login?next=/"); return; }
+        const r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+        if (r.status === 401) { window.location.assign("/login?next=" + loginNext); return; }
         if (!r.ok) return;
-        const data = await r.json();
-        const known = new Set(Array.from(list.children).map(function (li) { return li.dataset.id; }));
-        list.replaceChildren.apply(list, data.items.map(function (item) { return fillRow(tpl, item, known); }));
-        empty.hidden = data.items.length > 0;
-        shown.textContent = String(data.items.length);
-        setTitleCount(data.pending);
+        render(await r.json());
         tick();
       } catch (err) {
         /* the network blinked: the next event or the periodic refresh retries */
@@ -149,10 +140,25 @@
     }
     function schedule() {
       clearTimeout(timer);
-      timer = setTimeout(refresh, 150); // a burst of events costs one fetch
+      timer = setTimeout(refresh, 150);
     }
-    listen(schedule);
-    setInterval(refresh, 30000); // a safety net should an event be missed
+    setInterval(refresh, 30000);
+    return { refresh: refresh, schedule: schedule };
+  }
+
+  function startQueue() {
+    const list = document.getElementById("queue");
+    const tpl = document.getElementById("row-template");
+    const empty = document.getElementById("empty");
+    const shown = document.getElementById("shown-count");
+    const view = liveView("/queue.json" + window.location.search, "/", function (data) {
+      const known = new Set(Array.from(list.children).map(function (li) { return li.dataset.id; }));
+      list.replaceChildren.apply(list, data.items.map(function (item) { return fillRow(tpl, item, known); }));
+      empty.hidden = data.items.length > 0;
+      shown.textContent = String(data.items.length);
+      setTitleCount(data.pending);
+    });
+    listen(view.schedule);
   }
 
   // -- a request's detail -------------------------------------------------------------------
@@ -334,45 +340,26 @@
     const activeTpl = document.getElementById("grant-active-template");
     const endedTpl = document.getElementById("grant-ended-template");
     const errorBox = document.getElementById("grants-error");
-    let timer = null;
     let expiryTimer = null;
-    let busy = false;
 
     // A grant's expiry sends no event: refresh just after the soonest one passes.
     function watchExpiry(items) {
       clearTimeout(expiryTimer);
       const soonest = Math.min.apply(null, items.map(function (g) { return Date.parse(g.expires_at); }));
-      if (isFinite(soonest)) expiryTimer = setTimeout(refresh, Math.max(1000, soonest - Date.now() + 1000));
+      if (isFinite(soonest)) expiryTimer = setTimeout(view.refresh, Math.max(1000, soonest - Date.now() + 1000));
     }
 
-    async function refresh() {
-      if (busy) { schedule(); return; }
-      busy = true;
-      try {
-        const r = await fetch("/grants.json", { credentials: "same-origin", headers: { Accept: "application/json" } });
-        if (r.status === 401) { window.location.assign("/login?next=/grants"); return; }
-        if (!r.ok) return;
-        const data = await r.json();
-        active.replaceChildren.apply(active, data.active.map(function (g) { return fillGrant(activeTpl, g); }));
-        ended.replaceChildren.apply(ended, data.ended.map(function (g) { return fillGrant(endedTpl, g); }));
-        document.getElementById("active-count").textContent = String(data.active.length);
-        document.getElementById("active-empty").hidden = data.active.length > 0;
-        document.getElementById("ended-empty").hidden = data.ended.length > 0;
-        const nav = document.getElementById("nav-count");
-        if (nav) nav.textContent = String(data.pending);
-        document.title = (data.pending ? "(" + data.pending + ") " : "") + "Grants · hitl-proxy";
-        watchExpiry(data.active);
-        tick();
-      } catch (err) {
-        /* the network blinked: the next event or the periodic refresh retries */
-      } finally {
-        busy = false;
-      }
-    }
-    function schedule() {
-      clearTimeout(timer);
-      timer = setTimeout(refresh, 150);
-    }
+    const view = liveView("/grants.json", "/grants", function (data) {
+      active.replaceChildren.apply(active, data.active.map(function (g) { return fillGrant(activeTpl, g); }));
+      ended.replaceChildren.apply(ended, data.ended.map(function (g) { return fillGrant(endedTpl, g); }));
+      document.getElementById("active-count").textContent = String(data.active.length);
+      document.getElementById("active-empty").hidden = data.active.length > 0;
+      document.getElementById("ended-empty").hidden = data.ended.length > 0;
+      const nav = document.getElementById("nav-count");
+      if (nav) nav.textContent = String(data.pending);
+      document.title = (data.pending ? "(" + data.pending + ") " : "") + "Grants · hitl-proxy";
+      watchExpiry(data.active);
+    });
 
     active.addEventListener("click", async function (e) {
       const btn = e.target.closest("[data-revoke]");
@@ -391,14 +378,13 @@
           return;
         }
       }
-      refresh();
+      view.refresh();
     });
 
     watchExpiry(Array.from(active.querySelectorAll("[data-expires]")).map(function (el) {
       return { expires_at: el.dataset.expires };
     }));
-    listen(schedule, schedule, ["grant_created", "grant_revoked", "held", "changed"]);
-    setInterval(refresh, 30000); // a safety net should an event be missed
+    listen(view.schedule, view.schedule, ["grant_created", "grant_revoked", "held", "changed"]);
   }
 
   if (page === "queue") startQueue();
