@@ -138,7 +138,7 @@ class Runtime:
         if primary:
             self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
         if s.policy.engine == "embedded":  # a remote OPA reloads its own bundles
-            self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query, audit=primary)
+            self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query, primary=primary)
             self._tasks.append(asyncio.create_task(self._reloader.watch()))
         if self.role != "all" or s.proxy.workers > 1:  # other processes share the store
             self._tasks.append(asyncio.create_task(self.gate.watch_store()))

@@ -67,9 +67,11 @@ def snapshot(paths: Sequence[Path]) -> Snapshot:
 
 class PolicyReloader:
     def __init__(self, gate: Gate, paths: Sequence[Path], query: str,
-                 interval: float = 1.0, audit: bool = True) -> None:
+                 interval: float = 1.0, primary: bool = True) -> None:
         self.gate = gate
-        self.audit = audit  # False in a proxy.workers process: the primary audits the change
+        # False in a proxy.workers process: it reloads too, but the primary alone audits and
+        # counts the change, so that one edit is one audit record and one count.
+        self.primary = primary
         self.paths = list(paths)
         self.query = query
         self.interval = interval
@@ -109,7 +111,7 @@ class PolicyReloader:
             except (PolicyLoadError, ConfigError) as exc:
                 message = exc.message if isinstance(exc, PolicyLoadError) else str(exc)
                 self.gate.policy_error = message
-                self.gate.metrics.policy_reloads.labels(result="error").inc()
+                self._count("error")
                 log.error("policy reload (%s) failed, the previous policy stays in force: %s",
                           reason, message)
                 await self._audit({"result": "error", "reason": reason, "error": message})
@@ -117,13 +119,17 @@ class PolicyReloader:
             old, self.gate.policy = self.gate.policy, engine
             self.gate.policy_error = None
             old.close()  # evaluations are synchronous: none of the old engine's is in flight
-            self.gate.metrics.policy_reloads.labels(result="ok").inc()
+            self._count("ok")
             log.info("policy reloaded (%s): %s", reason, engine.describe())
             await self._audit({"result": "ok", "reason": reason, "error": None})
             return True
 
+    def _count(self, result: str) -> None:
+        if self.primary:
+            self.gate.metrics.policy_reloads.labels(result=result).inc()
+
     async def _audit(self, detail: dict[str, str | None]) -> None:
-        if not self.audit:
+        if not self.primary:
             return
         try:
             await self.gate.store.audit_append(self.gate.clock(), "policy_reload", None,
