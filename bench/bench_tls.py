@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HITL, PY, free_port, start, stop, wait_port
+from run import HITL, PY, free_port, start, start_tinyproxy, stop, wait_port
 
 BIG = 1024 * 1024
 SMALL_BODY = b'{"ok": true}\n'
@@ -85,7 +85,7 @@ async def _open(target: tuple[str, int], host: str, proxy: int | None,
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy, limit=2 * BIG)
     writer.write(f"CONNECT {host}:{target[1]} HTTP/1.1\r\nHost: {host}:{target[1]}\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
+    if head.split(b" ", 2)[1:2] != [b"200"]:  # tinyproxy answers HTTP/1.0 200
         raise RuntimeError(f"CONNECT refused: {head!r}")
     await writer.start_tls(ctx, server_hostname=host)
     return reader, writer
@@ -124,6 +124,20 @@ def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group (tinyproxy forks)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def self_cpu() -> float:
@@ -182,9 +196,13 @@ def main() -> int:
             f"log:\n  level: warning\n  format: json\n")
         procs = [start([PY, __file__, "--upstream", str(up_port), str(tmp / "up.pem"), str(tmp / "up.key")]),
                  start([HITL, "serve", "-c", str(tmp / "hitl.yaml")])]
+        tiny_port = free_port()
+        tiny = start_tinyproxy(tmp, tiny_port)  # for comparison: a C proxy's blind tunnel, when installed
         try:
             wait_port(up_port)
             wait_port(proxy_port)
+            if tiny:
+                wait_port(tiny_port)
             ca_file = tmp / "data" / "ca" / "ca.pem"
             deadline = time.monotonic() + 20  # the port is bound before the CA is loaded
             while not ca_file.exists() and time.monotonic() < deadline:
@@ -200,22 +218,29 @@ def main() -> int:
                 ("plain HTTP via proxy", plain, "127.0.0.1", proxy_port, None, "/small", 32),
                 ("intercepted, small GET", target, "127.0.0.1", proxy_port, hitl_ctx, "/small", 32),
             ]
+            if tiny:
+                cases.append(("tinyproxy tunnel, 1 MiB GET", target, "localhost", tiny_port, up_ctx, "/big", 8))
             runs: dict[str, list[tuple[float, float, float, float, float]]] = {c[0]: [] for c in cases}
             for name, tgt, host, via, ctx, path, conns in cases:
                 load(tgt, host, via, ctx, path, conns, 1)  # warm-up: connections, leaf certificate
             for _ in range(args.runs):
                 for name, tgt, host, via, ctx, path, conns in cases:
-                    cpu0 = [proc_cpu(procs[0].pid), proc_cpu(procs[1].pid), self_cpu()]
+                    via_tiny = tiny is not None and via == tiny_port
+
+                    def via_cpu(via_tiny: bool = via_tiny) -> float:
+                        return group_cpu(tiny.pid) if via_tiny else proc_cpu(procs[1].pid)  # type: ignore[union-attr]
+
+                    cpu0 = [proc_cpu(procs[0].pid), via_cpu(), self_cpu()]
                     t0 = time.perf_counter()
                     rps, bps = load(tgt, host, via, ctx, path, conns, args.duration)
                     wall = time.perf_counter() - t0
                     up, hitl, client = ((now - was) / wall for now, was in zip(
-                        [proc_cpu(procs[0].pid), proc_cpu(procs[1].pid), self_cpu()], cpu0))
+                        [proc_cpu(procs[0].pid), via_cpu(), self_cpu()], cpu0))
                     runs[name].append((rps, bps, hitl if via else 0.0, up, client))
             rows = [(name, conns, *sorted(runs[name], key=lambda r: r[0])[(args.runs - 1) // 2])
                     for name, _t, _h, _v, _c, _p, conns in cases]
         finally:
-            for proc in procs:
+            for proc in [*procs, *([tiny] if tiny else [])]:
                 stop(proc)
     print(f"\nHTTPS through hitl-proxy, {args.duration:g}s per row (median of {args.runs}), keep-alive "
           f"connections opened once; "
@@ -230,6 +255,8 @@ def main() -> int:
     if args.runs > 1:
         ratios = [t[1] / d[1] for d, t in zip(runs[cases[0][0]], runs[cases[1][0]])]
         print("\nblind tunnel / direct, run by run: " + ", ".join(f"{r:.2f}" for r in ratios))
+    if tiny:
+        print(f"tinyproxy's blind tunnel: {rows[5][3] / rows[0][3]:.2f}x direct")
     direct, tunnel = rows[0][3], rows[1][3]
     print(f"\nblind tunnel throughput: {tunnel / direct:.2f}x direct (target >= 0.8x); "
           f"intercepted: {rows[4][2]:.0f} req/s (target >= 1000)")
