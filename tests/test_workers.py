@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -113,6 +114,55 @@ def test_a_worker_that_dies_is_replaced(two_workers: ServeProcess, upstream: Ups
         with httpx.Client(proxy=two_workers.proxy_url, trust_env=False, timeout=10) as client:
             assert client.get(upstream.url(f"/after/{i}")).status_code == 200
     assert any("exited" in line and str(worker) in line for line in two_workers.lines)
+
+
+def _server_pid(local_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` accepted the loopback connection whose client side is ``local_port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == local_port:  # remote end: our client socket
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_a_worker_killed_mid_forward_is_failed_interrupted_by_the_primary_and_never_resent(
+        two_workers: ServeProcess, upstream: Upstream, tmp_path: Path) -> None:
+    """store/sql.py Rule 6 across processes: the primary sweeps the dead worker's forward."""
+    primary = two_workers.proc.pid
+    [worker] = workers_of(primary)
+    host, port = two_workers.proxy_url.removeprefix("http://").split(":")
+    # Open connections until one lands on the worker (the kernel picks by the 4-tuple).
+    for _ in range(50):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        owner = wait_for(lambda s=sock: _server_pid(s.getsockname()[1], [primary, worker]), 5)
+        if owner == worker:
+            break
+        sock.close()
+    else:
+        pytest.fail("no connection landed on the worker")
+    target = upstream.url("/hold/mid?stall=30")
+    sock.sendall(f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\nonce".encode())
+    with httpx.Client(base_url=two_workers.review_url, headers={"Authorization": f"Bearer {token(tmp_path)}"},
+                      trust_env=False, timeout=10) as api:
+        [item] = wait_for(lambda: api.get("/api/requests", params={"status": "pending"}).json()["items"])
+        assert api.post(f"/api/requests/{item['id']}/approve", json={}).status_code == 200
+        assert wait_for(lambda: upstream.count("/hold/mid") == 1), "the worker never forwarded"
+        os.kill(worker, signal.SIGKILL)  # mid-forward: the upstream is holding the response
+        sock.close()
+        rec = wait_for(lambda: (r := api.get(f"/api/requests/{item['id']}").json())["status"] == "failed" and r,
+                       20)
+    upstream.release.set()
+    assert rec and rec["failure_reason"] == "interrupted"
+    assert upstream.count("/hold/mid") == 1
 
 
 @pytest.mark.parametrize(("value", "message"), [
