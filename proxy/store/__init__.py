@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from proxy.errors import StoreError
 from proxy.model import UpstreamResponse
 from proxy.store.records import AuditRecord, Grant, HoldRecord
+from proxy.store.sql import busy_timeout
 from proxy.store.sqlite import SqliteBackend
 
 T = TypeVar("T")
@@ -127,17 +128,11 @@ class AsyncStore:
 
 def open_backend(url: str, secret_headers: frozenset[str] = frozenset()) -> Any:
     if url.startswith("sqlite:///"):
-        # sqlite:///path.db?busy_timeout=SECONDS: how long a write waits on another
-        # connection's lock before the store counts as unavailable (default 10).
         path, _, query = url.removeprefix("sqlite:///").partition("?")
         options = parse_qs(query)
-        try:
-            busy = float(options.pop("busy_timeout", ["10"])[-1])
-        except ValueError as exc:
-            raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
-        if options or not 0 <= busy <= 3600:
-            raise StoreError(f"store.url: unsupported sqlite options {query!r} "
-                             "(only busy_timeout=SECONDS, 0 to 3600)")
+        busy = busy_timeout(options.pop("busy_timeout", [None])[-1])
+        if options:
+            raise StoreError(f"store.url: unsupported sqlite options {query!r} (only busy_timeout=SECONDS)")
         return SqliteBackend(Path(path), secret_headers=secret_headers, busy_timeout=busy)
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here: a SQLite deployment never loads the PostgreSQL driver.

@@ -37,7 +37,7 @@ from psycopg.rows import dict_row
 
 from proxy.errors import StoreError
 from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
-from proxy.store.sql import SqlBackend
+from proxy.store.sql import SqlBackend, busy_timeout
 
 T = TypeVar("T")
 
@@ -109,12 +109,7 @@ class PostgresBackend(SqlBackend):
             if "search_path" in params.get("options", ""):
                 raise StoreError("store.url: use schema=NAME or options=-csearch_path…, not both")
             params["options"] = f"{params.get('options', '')} -csearch_path={self.schema}".strip()
-        try:
-            busy = float(params.pop("busy_timeout", "10"))
-        except ValueError as exc:
-            raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
-        if not 0 <= busy <= 3600:
-            raise StoreError("store.url: busy_timeout must be 0 to 3600 seconds")
+        busy = busy_timeout(params.pop("busy_timeout", None))
         # PostgreSQL reads a lock_timeout of 0 as "wait forever"; SQLite's 0 means "do not wait".
         self._lock_ms = max(1, int(busy * 1000))
         self._conninfo = urlunsplit(parts._replace(query=""))

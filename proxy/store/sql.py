@@ -37,7 +37,7 @@ import socket
 from contextlib import AbstractContextManager
 from typing import Any
 
-from proxy.errors import InvalidTransition, NotFound
+from proxy.errors import InvalidTransition, NotFound, StoreError
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import SECRET_HEADERS
 from proxy.store.records import (
@@ -57,6 +57,18 @@ REDACTED = "[redacted]"
 AUDIT_PAGE = 1000
 FORWARDER_LEASE = 30.0  # seconds without a heartbeat after which a forwarder counts as gone
 HEARTBEAT_SECONDS = 5.0
+
+
+def busy_timeout(value: str | None) -> float:
+    """``busy_timeout=SECONDS`` of a store URL: how long a write waits for another
+    connection's lock before the store counts as unavailable (default 10)."""
+    try:
+        seconds = float(value if value is not None else "10")
+    except ValueError as exc:
+        raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
+    if not 0 <= seconds <= 3600:
+        raise StoreError("store.url: busy_timeout must be 0 to 3600 seconds")
+    return seconds
 
 
 def new_owner() -> str:

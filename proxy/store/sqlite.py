@@ -115,7 +115,7 @@ class _Transaction:
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from exc
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")
