@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 && command -v tinyproxy >/dev/null 2>&1 && command -v squid >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk tinyproxy squid >/dev/null; }
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/bench_tls.py --runs 3
 
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q ruff mypy
