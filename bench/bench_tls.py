@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_tls.py [--duration 8] [--runs 3]
 
-An HTTPS upstream (asyncio, a trustme certificate) runs in its own process; ``hitl-proxy
+An HTTPS upstream (a thread per connection, a trustme certificate) runs in its own process; ``hitl-proxy
 serve`` in another, with an allow-all policy whose ``intercept`` rule makes ``localhost`` a
 blind tunnel and ``127.0.0.1`` intercepted. The load generator is a small asyncio client (wrk
 cannot CONNECT): it opens its connections once (CONNECT + TLS through the proxy, or TLS
@@ -21,6 +21,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,34 +44,51 @@ intercept := false if input.request.host == "localhost"
 
 
 # -- the upstream (a subprocess) -----------------------------------------------------------
+# A thread per connection with blocking TLS sockets: an answer is one sendall, which OpenSSL
+# encrypts and writes record by record (16 KiB each, as nginx's default ssl_buffer_size
+# does). The asyncio server this replaces pumped records in Python at ~70% of a core (~55%
+# now): on two shared cores that starved whichever process ran beside it.
 def _response(body: bytes) -> bytes:
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: "
             + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-class _UpstreamProto(asyncio.Protocol):
-    big = _response(os.urandom(BIG))
-    small = _response(SMALL_BODY)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
-            head, self.buf = self.buf[:end], self.buf[end + 4:]
-            self.transport.write(self.big if b" /big " in head.split(b"\r\n", 1)[0] + b" " else self.small)
+BIG_RESPONSE, SMALL_RESPONSE = _response(os.urandom(BIG)), _response(SMALL_BODY)
 
 
-async def _serve_upstream(port: int, cert: str, key: str) -> None:
+def _answer(conn: socket.socket) -> None:
+    buf = b""
+    while True:
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
+        head, buf = buf[:end], buf[end + 4:]
+        conn.sendall(BIG_RESPONSE if b" /big " in head.split(b"\r\n", 1)[0] + b" " else SMALL_RESPONSE)
+
+
+def _serve_upstream(port: int, cert: str, key: str) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_UpstreamProto, "127.0.0.1", port, ssl=ctx, backlog=1024)
+
+    def serve_one(conn: socket.socket, tls: bool) -> None:
+        try:
+            with ctx.wrap_socket(conn, server_side=True) if tls else conn as sock:
+                _answer(sock)
+        except (OSError, ssl.SSLError):
+            conn.close()
+
+    def accept(listener: socket.socket, tls: bool) -> None:
+        while True:
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=serve_one, args=(conn, tls), daemon=True).start()
+
     # The same answers over plain HTTP on port + 1: the gate's cost without any TLS.
-    await loop.create_server(_UpstreamProto, "127.0.0.1", port + 1, backlog=1024)
-    await server.serve_forever()
+    listeners = [socket.create_server(("127.0.0.1", p), backlog=1024) for p in (port, port + 1)]
+    threading.Thread(target=accept, args=(listeners[1], False), daemon=True).start()
+    accept(listeners[0], True)
 
 
 # -- the load generator --------------------------------------------------------------------
@@ -171,7 +189,7 @@ def main() -> int:
     ap.add_argument("--upstream", nargs=3, metavar=("PORT", "CERT", "KEY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.upstream:
-        asyncio.run(_serve_upstream(int(args.upstream[0]), args.upstream[1], args.upstream[2]))
+        _serve_upstream(int(args.upstream[0]), args.upstream[1], args.upstream[2])
         return 0
     import trustme
 
