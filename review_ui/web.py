@@ -8,6 +8,7 @@ login page; the session rules live in ``sessions.py``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
@@ -191,7 +192,8 @@ class WebUI:
                 return self.render("error.html", 403, title="Not logged out",
                                    message="The logout form was stale (missing CSRF token). "
                                            "Go back, reload and try again.")
-            self.sessions.revoke(found[0])
+            # Off the event loop: the revocation is written to disk and fsynced (sessions.py).
+            await asyncio.to_thread(self.sessions.revoke, found[0])
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
