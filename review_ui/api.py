@@ -101,7 +101,8 @@ class ReviewAPI:
 
     async def metrics(self, request: Request) -> Response:
         await self.gate.metrics.refresh(self.gate.store, self.gate.clock())  # store-backed gauges
-        return Response(self.gate.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        # Off the loop: with proxy.workers it reads every process's metrics files.
+        return Response(await asyncio.to_thread(self.gate.metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:
         from review_ui.openapi import SPEC
