@@ -35,12 +35,18 @@ class ReviewAPI:
         self.ready = ready
         self.secret_headers = gate.settings.proxy.secret_headers
 
-    def routes(self) -> list[Route]:
-        a = self._authenticated
+    def ops_routes(self) -> list[Route]:
+        """Health and metrics: no login, as for any probe or scrape target (DESIGN §9)."""
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route("/metrics", self.metrics),
+        ]
+
+    def routes(self) -> list[Route]:
+        a = self._authenticated
+        return [
+            *self.ops_routes(),
             Route("/api/openapi.json", self.openapi),
             Route("/api/requests", a(self.list_requests)),
             Route("/api/requests/{id}", a(self.get_request)),

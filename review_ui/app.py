@@ -29,10 +29,12 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dict[str, bool]]],
-               *, settings: Settings | None = None, admin_token: str | None = None) -> Starlette:
+               *, settings: Settings | None = None, admin_token: str | None = None,
+               ops_only: bool = False) -> Starlette:
+    """The review app; ``ops_only``: health and metrics alone (a ``--role proxy`` process)."""
     api = ReviewAPI(gate, auth, ready)
-    routes: list[BaseRoute] = list(api.routes())
-    if settings is not None:  # the web UI: its sessions also authenticate API calls (+ CSRF)
+    routes: list[BaseRoute] = list(api.ops_routes() if ops_only else api.routes())
+    if settings is not None and not ops_only:  # the web UI: its sessions also authenticate API calls (+ CSRF)
         sessions = Sessions(settings, admin_token)
         auth.session_reviewer = sessions.api_reviewer
         routes += WebUI(gate, sessions).routes()

@@ -16,20 +16,46 @@ import httpx
 from tests.conftest import HITL, Upstream, write_config
 
 
-def start_role(config: Path, role: str) -> tuple[subprocess.Popen[str], str]:
+def start_role(config: Path, role: str, *also: str) -> tuple[Any, ...]:
+    """Start ``serve --role ROLE``; the URL of ROLE's listener, then those named in ``also``."""
     proc = subprocess.Popen([HITL, "serve", "-c", str(config), "--role", role], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=config.parent, env=os.environ.copy())
     assert proc.stdout is not None
+    wanted = (role, *also)
+    urls: dict[str, str] = {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if m := re.search(rf"{role} listening on (http://\S+)", line):
+        for name in wanted:
+            if m := re.search(rf"{name} listening on (http://\S+)", line):
+                urls[name] = m.group(1)
+        if len(urls) == len(wanted):
             threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, m.group(1)
+            return (proc, *(urls[name] for name in wanted))
         if not line:
             break
     proc.kill()
     raise AssertionError(f"--role {role} did not start")
+
+
+def test_a_proxy_role_process_serves_its_own_health_and_metrics_and_nothing_else(
+        tmp_path: Path, upstream: Upstream) -> None:
+    config = write_config(tmp_path)
+    proxy, proxy_url, ops_url = start_role(config, "proxy", "health and metrics")
+    try:
+        with httpx.Client(proxy=proxy_url, trust_env=False, timeout=10) as client:
+            assert client.get(upstream.url("/counted")).status_code == 200
+        with httpx.Client(base_url=ops_url, trust_env=False, timeout=10) as ops:
+            assert ops.get("/healthz").json() == {"status": "ok"}
+            assert ops.get("/readyz").status_code == 200
+            assert 'hitl_requests_total{action="allow",rule="default"} 1.0' in ops.get("/metrics").text
+            # No review here: the API and the UI live in the --role review process.
+            assert ops.get("/api/requests").status_code == 404
+            assert ops.get("/").status_code == 404
+        assert not (tmp_path / "data" / "admin-token").exists()
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
 
 
 def roles_share_the_store(tmp_path: Path, upstream: Upstream, overrides: dict[str, Any] | None = None) -> None:

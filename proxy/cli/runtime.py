@@ -121,8 +121,11 @@ class Runtime:
         if "review" in sockets:
             review_sock = sockets["review"]
             self.review_address = review_sock.getsockname()[:2]
-            auth = ReviewerAuth(s.review.tokens, self._admin_token())
-            app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token)
+            if self.role == "proxy":  # health and metrics of this proxy process: no review here
+                app = create_app(self.gate, ReviewerAuth(s.review.tokens, None), self.readiness, ops_only=True)
+            else:
+                auth = ReviewerAuth(s.review.tokens, self._admin_token())
+                app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token)
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                     proxy_headers=False, server_header=False, date_header=False)
             self._uvicorn = _EmbeddedUvicorn(config)
@@ -160,9 +163,11 @@ class Runtime:
         s = self.settings
         wanted = {"review": (s.review.listen, "review.listen"), "proxy": (s.proxy.listen, "proxy.listen")}
         sockets: dict[str, socket.socket] = {}
+        # A --role proxy primary binds review.listen too, for its health and metrics alone.
+        ops = self.role == "proxy" and self.worker_of is None
         try:
             for name, (listen, key) in wanted.items():
-                if self.role in ("all", name):
+                if self.role in ("all", name) or (name == "review" and ops):
                     reuse_port = name == "proxy" and s.proxy.workers > 1
                     sockets[name] = bind_socket(listen.host, listen.port, key, reuse_port)
         except ListenError:
@@ -233,7 +238,8 @@ class Runtime:
             lines.append(f"hitl-proxy: proxy listening on http://{_fmt(h)}:{p}{workers}")
         if self.review_address:
             h, p = self.review_address
-            lines.append(f"hitl-proxy: review listening on http://{_fmt(h)}:{p}")
+            what = "health and metrics" if self.role == "proxy" else "review"
+            lines.append(f"hitl-proxy: {what} listening on http://{_fmt(h)}:{p}")
         if self.admin_token and self.review_address:
             base = self.settings.review.public_url
             # The default public_url only fits the default listen address: follow a changed one.
