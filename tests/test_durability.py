@@ -5,7 +5,6 @@ retries, replay, digest binding, and failing closed when the store cannot be wri
 from __future__ import annotations
 
 import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -21,7 +20,7 @@ from proxy.errors import ApprovalPending, ApprovalTimedOut, InvalidTransition
 from proxy.gate import Reply
 from proxy.model import TRANSITIONS, AgentRequest, HoldStatus, OnTimeout, UpstreamResponse
 from proxy.store.records import HoldRecord, new_id
-from proxy.store.sql import SqlBackend, new_owner
+from proxy.store.sql import PID_SPACE, SqlBackend, new_owner
 from proxy.store.sqlite import SqliteBackend
 from tests.conftest import TEST_POLICY, Hitl, ServeProcess, Upstream, run_serve, write_config
 from tests.postgres import pg_url_fixture  # noqa: F401 - pg_url, behind store_opener's postgres case
@@ -212,8 +211,7 @@ def test_recovery_fails_only_the_forwards_of_processes_that_are_gone(backend: Sq
     now = T0 + 1
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid of this host that no longer runs
-    host = socket.gethostname()
-    owners = {"live": new_owner(), "dead_pid": f"{host}:{dead.pid}:00", "silent": "elsewhere:1:00",
+    owners = {"live": new_owner(), "dead_pid": f"{PID_SPACE}:{dead.pid}:00", "silent": "elsewhere:1:00",
               "fresh_remote": "elsewhere:2:00", "none": None}
     for name in ("live", "dead_pid", "silent", "fresh_remote"):
         backend.heartbeat(owners[name], now - (100 if name == "silent" else 1))  # type: ignore[arg-type]

@@ -23,10 +23,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 from pathlib import Path
+
+from proxy.store.sql import PID_SPACE, pid_gone
 
 log = logging.getLogger("hitl.workers")
 
@@ -127,26 +130,18 @@ def metrics_folder(data_dir: Path) -> Path:
     """A fresh folder for this primary's shared metrics files, under ``data_dir``.
 
     Folders of primaries no longer alive are removed: a killed primary leaves its folder
-    behind, and nothing else would ever read it.
+    behind, and nothing else would ever read it. Only folders of this pid space are judged
+    (a data dir may be shared by several hosts).
     """
-    for old in data_dir.glob("metrics-*"):
-        pid = old.name.removeprefix("metrics-")
-        if pid.isdigit() and not _alive(int(pid)):
+    space = re.sub(r"[^A-Za-z0-9_.-]", "_", PID_SPACE)
+    for old in data_dir.glob(f"metrics-*-{space}"):
+        pid = old.name.removeprefix("metrics-").removesuffix(f"-{space}")
+        if pid.isdigit() and pid_gone(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    folder = data_dir / f"metrics-{os.getpid()}"
+    folder = data_dir / f"metrics-{os.getpid()}-{space}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, mode=0o700)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def become_worker(primary: int) -> None:

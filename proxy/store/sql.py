@@ -35,6 +35,7 @@ import os
 import secrets
 import socket
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from proxy.errors import InvalidTransition, NotFound, StoreError
@@ -71,22 +72,43 @@ def busy_timeout(value: str | None) -> float:
     return seconds
 
 
+def _pid_space() -> str:
+    """Where a pid names one process: the host, its boot, the pid namespace (containers on
+    one host share the boot but not the namespace). "?" where Linux cannot tell."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("?")
+    return "/".join(parts)
+
+
+PID_SPACE = _pid_space()
+
+
 def new_owner() -> str:
-    """This process's name as a forwarder: host, pid, and a nonce (a pid is reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """This process's name as a forwarder: where its pid means it, the pid, and a nonce (a
+    pid is reused)."""
+    return f"{PID_SPACE}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def owner_gone(owner: str) -> bool:
-    """True when ``owner`` is a process of this host that no longer runs."""
-    host, _, rest = owner.partition(":")
+    """True when ``owner`` is a process of this pid space (``_pid_space``) that no longer runs."""
+    space, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another host: only its lease can tell
+    if space != PID_SPACE or "?" in space or not pid.isdigit():
+        return False  # elsewhere: only its lease can tell
+    return pid_gone(int(pid))
+
+
+def pid_gone(pid: int) -> bool:
+    """True when no process of this pid space has ``pid``."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except PermissionError:  # alive, someone else's
         return False
     return False
 
