@@ -1,5 +1,5 @@
 # The compose demo's policy: charges to the demo upstream wait for a human, deletes are
-# refused, everything else passes. See policies/hitl.rego for the shipped policy.
+# refused, everything else passes. See policies/main.rego for the shipped ones.
 package hitl
 
 default decision := {"action": "allow", "rule": "default"}
