@@ -548,21 +548,25 @@ def test_store_write_locked_fails_closed_while_allowed_traffic_flows(make_hitl: 
     hitl: Hitl = make_hitl({"store.url": f"sqlite:///{db}?busy_timeout=0.3", "hold.client_wait": "0.2s"})
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
+    fails_closed_while_locked(hitl, upstream, unlock=lambda: (locker.execute("ROLLBACK"), locker.close()))
+
+
+def fails_closed_while_locked(hitl: Hitl, upstream: Upstream, unlock: Callable[[], object]) -> None:
+    """With the store's write lock held elsewhere: a held request gets 503 and is never sent,
+    allowed traffic flows, readiness says so; once ``unlock`` runs, all is as usual."""
     try:
         with hitl.agent() as agent:
             held = agent.post(upstream.url("/hold/locked"), content=b"x")
             allowed = agent.get(upstream.url("/fine"))
-        ready = httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=10)
+        ready = httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30)
     finally:
-        locker.execute("ROLLBACK")
-        locker.close()
+        unlock()
     assert held.status_code == 503 and held.json()["error"] == "store_unavailable"
     assert held.headers["retry-after"]
     assert allowed.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"]["store"] is False
     assert upstream.count("/hold") == 0
-    # the lock is gone: ready again, and the same request is held as usual
-    assert httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=10).status_code == 200
+    assert httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30).status_code == 200
     with hitl.agent() as agent:
         again = agent.post(upstream.url("/hold/locked"), content=b"x")
     assert again.json()["error"] == "approval_pending"

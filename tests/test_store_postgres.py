@@ -26,7 +26,7 @@ from proxy.store import open_backend
 from proxy.store.postgres import PostgresBackend
 from tests.conftest import HITL, Hitl, Upstream, run_serve, write_config
 from tests.postgres import POSTGRES, admin, pg_url_fixture  # noqa: F401 - the pg_url fixture
-from tests.test_durability import T0, _drive_to, _record
+from tests.test_durability import T0, _drive_to, _record, fails_closed_while_locked
 from tests.test_roles import approve_first_pending, roles_share_the_store
 
 
@@ -336,22 +336,10 @@ def test_a_writer_holding_the_tables_fails_closed(pg_url: str, make_hitl: Callab
     hitl = make_hitl({"store.url": pg_url + "&busy_timeout=0.3", "hold.client_wait": "0.2s"})
     locker = admin()
     schema = pg_url.rpartition("schema=")[2]
-    try:
-        locker.execute("BEGIN")
-        locker.execute(sql.SQL("LOCK TABLE {s}.requests, {s}.audit, {s}.store_meta IN EXCLUSIVE MODE")
-                       .format(s=sql.Identifier(schema)))
-        with hitl.agent() as agent:
-            held = agent.post(upstream.url("/hold/locked"), content=b"x")
-            allowed = agent.get(upstream.url("/fine"))
-        ready = httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30)
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
-    assert held.status_code == 503 and held.json()["error"] == "store_unavailable"
-    assert allowed.status_code == 200
-    assert ready.status_code == 503 and ready.json()["checks"]["store"] is False
-    assert upstream.count("/hold") == 0
-    assert httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30).status_code == 200
+    locker.execute("BEGIN")
+    locker.execute(sql.SQL("LOCK TABLE {s}.requests, {s}.audit, {s}.store_meta IN EXCLUSIVE MODE")
+                   .format(s=sql.Identifier(schema)))
+    fails_closed_while_locked(hitl, upstream, unlock=lambda: (locker.execute("ROLLBACK"), locker.close()))
 
 
 def test_serve_over_postgres_holds_then_forwards_once(pg_url: str, tmp_path: Path, upstream: Upstream) -> None:
