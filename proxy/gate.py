@@ -68,6 +68,7 @@ REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identi
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
 WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
 ANNOUNCED_LIMIT = 10_000
+GRANT_EVENTS = {"grant": "grant_created", "revoke_grant": "grant_revoked"}  # audit event → UI event
 # The audit events that leave a record in a new status, and that status.
 AUDITED_STATUS = {"hold": "pending", "approved": "approved", "rejected": "rejected", "expired": "expired",
                   "forwarding": "forwarding", "forwarded": "forwarded", "failed": "failed"}
@@ -411,6 +412,10 @@ class Gate:
                 else:
                     for rec in await self.store.audit_list(after=seen, limit=1000):
                         seen = rec.seq
+                        if rec.event in GRANT_EVENTS:  # for the grants page; a repeat only refreshes it
+                            self.events.publish({"type": GRANT_EVENTS[rec.event],
+                                                 "id": rec.detail.get("grant_id")})
+                            continue
                         status = AUDITED_STATUS.get(rec.event)
                         if rec.request_id is None or status is None:
                             continue

@@ -4,6 +4,7 @@ retries, replay, digest binding, and failing closed when the store cannot be wri
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import threading
@@ -507,6 +508,33 @@ def test_retry_racing_the_deadline_sweep_is_not_forwarded(rig: GateRig) -> None:
 
 
 # -- 4. the forwarded bytes are the reviewed bytes -----------------------------------------
+
+def test_changes_made_by_another_process_reach_this_ones_live_stream(rig: GateRig) -> None:
+    """Gate.watch_store: what another process sharing the store does (a hold, an approval, a
+    grant) reaches this process's UI stream."""
+    gate = rig.gate
+    queue = gate.events.subscribe()
+    watching = rig.loop.create_task(gate.watch_store(interval=0.01))
+    try:
+        rig.run(asyncio.sleep(0.1))  # it has read the audit head
+        other = SqliteBackend(Path(rig.settings.store.url.removeprefix("sqlite:///")))  # "another process"
+        try:
+            rid = other.create(_record()).id
+            other.decide(rid, "bob", "approve", "", T0 + 1, approval_deadline=T0 + 60)
+            grant = other.add_grant("agent-1", "POST", "api.example.com", "/x", 5, "bob", rid, T0 + 1)
+        finally:
+            other.close()
+        rig.run(asyncio.sleep(0.2))
+        seen = []
+        while not queue.empty():
+            seen.append(queue.get_nowait())
+    finally:
+        watching.cancel()
+        rig.run(asyncio.gather(watching, return_exceptions=True))
+    assert {"type": "changed", "id": rid, "status": "pending"} in seen
+    assert {"type": "changed", "id": rid, "status": "approved"} in seen
+    assert {"type": "grant_created", "id": grant.id} in seen
+
 
 def test_retry_with_a_new_body_forwards_the_approved_body(make_hitl: Any, upstream: Upstream) -> None:
     hitl: Hitl = make_hitl({"hold.client_wait": "0.2s"})
