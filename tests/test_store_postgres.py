@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,21 @@ from tests.test_durability import T0, _drive_to, _record, fails_closed_while_loc
 from tests.test_roles import approve_first_pending, roles_share_the_store
 
 
-def _opened(url: str, count: int) -> list[PostgresBackend]:
-    return [PostgresBackend(url) for _ in range(count)]
+Connections = Callable[[int], list[PostgresBackend]]
+
+
+@pytest.fixture
+def connections(pg_url: str) -> Iterator[Connections]:
+    """Opens N backends (connections) onto this test's store; all are closed after it."""
+    opened: list[PostgresBackend] = []
+
+    def open_(count: int) -> list[PostgresBackend]:
+        opened.extend(PostgresBackend(pg_url) for _ in range(count))
+        return opened[-count:]
+
+    yield open_
+    for backend in opened:
+        backend.close()
 
 
 def _race(backends: list[PostgresBackend], fn: Callable[[PostgresBackend], Any]) -> list[Any]:
@@ -57,55 +70,44 @@ def _race(backends: list[PostgresBackend], fn: Callable[[PostgresBackend], Any])
 
 # -- 1. semantics under concurrency --------------------------------------------------------
 
-def test_concurrent_claims_from_many_connections_exactly_one_wins(pg_url: str) -> None:
-    backends = _opened(pg_url, 8)
-    try:
-        rid = _drive_to(backends[0], HoldStatus.APPROVED)
-        wins = _race(backends, lambda s: [s.claim(rid, T0 + 2) for _ in range(10)])
-        assert sum(w is not None for batch in wins for w in batch) == 1
-        events = [a.event for a in backends[0].audit_list(request_id=rid)]
-        assert events.count("forwarding") == 1
-        assert backends[0].get(rid).status is HoldStatus.FORWARDING  # type: ignore[union-attr]
-    finally:
-        for b in backends:
-            b.close()
+def test_concurrent_claims_from_many_connections_exactly_one_wins(connections: Connections) -> None:
+    backends = connections(8)
+    rid = _drive_to(backends[0], HoldStatus.APPROVED)
+    wins = _race(backends, lambda s: [s.claim(rid, T0 + 2) for _ in range(10)])
+    assert sum(w is not None for batch in wins for w in batch) == 1
+    events = [a.event for a in backends[0].audit_list(request_id=rid)]
+    assert events.count("forwarding") == 1
+    assert backends[0].get(rid).status is HoldStatus.FORWARDING  # type: ignore[union-attr]
 
 
-def test_concurrent_create_or_attach_with_one_fingerprint_makes_one_record(pg_url: str) -> None:
-    backends = _opened(pg_url, 8)
-    try:
-        out = _race(backends, lambda s: [s.create_or_attach(_record(fingerprint="same"), 600)
-                                         for _ in range(5)])
-        flat = [pair for batch in out for pair in batch]
-        assert sum(created for _, created in flat) == 1
-        assert len({rec.id for rec, _ in flat}) == 1
-        assert backends[0].count_pending() == 1
-        assert backends[0].audit_verify() is None
-    finally:
-        for b in backends:
-            b.close()
+def test_concurrent_create_or_attach_with_one_fingerprint_makes_one_record(connections: Connections) -> None:
+    backends = connections(8)
+    out = _race(backends, lambda s: [s.create_or_attach(_record(fingerprint="same"), 600)
+                                     for _ in range(5)])
+    flat = [pair for batch in out for pair in batch]
+    assert sum(created for _, created in flat) == 1
+    assert len({rec.id for rec, _ in flat}) == 1
+    assert backends[0].count_pending() == 1
+    assert backends[0].audit_verify() is None
 
 
-def test_audit_chain_stays_linear_with_concurrent_writers(pg_url: str) -> None:
-    backends = _opened(pg_url, 6)
-    try:
-        def write(store: PostgresBackend) -> None:
-            for n in range(30):
-                store.audit_append(T0 + n, "note", None, f"writer-{id(store)}", {"n": n})
-                if n % 10 == 0:  # transitions interleave with the plain appends
-                    _drive_to(store, HoldStatus.FORWARDED)
+def test_audit_chain_stays_linear_with_concurrent_writers(connections: Connections) -> None:
+    backends = connections(6)
 
-        _race(backends, write)
-        store = backends[0]
-        assert store.audit_verify() is None
-        seqs = [a.seq for a in store.audit_list(limit=10_000)]
-        assert seqs == list(range(1, len(seqs) + 1))
-        # 6 writers × (30 notes + 3 records × 5 audit records each: hold, approve, approved,
-        # forwarding, forwarded)
-        assert store.audit_head() == 6 * (30 + 3 * 5)
-    finally:
-        for b in backends:
-            b.close()
+    def write(store: PostgresBackend) -> None:
+        for n in range(30):
+            store.audit_append(T0 + n, "note", None, f"writer-{id(store)}", {"n": n})
+            if n % 10 == 0:  # transitions interleave with the plain appends
+                _drive_to(store, HoldStatus.FORWARDED)
+
+    _race(backends, write)
+    store = backends[0]
+    assert store.audit_verify() is None
+    seqs = [a.seq for a in store.audit_list(limit=10_000)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    # 6 writers × (30 notes + 3 records × 5 audit records each: hold, approve, approved,
+    # forwarding, forwarded)
+    assert store.audit_head() == 6 * (30 + 3 * 5)
 
 
 def test_a_broken_link_is_found(pg_url: str) -> None:
