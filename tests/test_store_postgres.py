@@ -29,7 +29,6 @@ from tests.postgres import POSTGRES, admin, pg_url_fixture  # noqa: F401 - the p
 from tests.test_durability import T0, _drive_to, _record, fails_closed_while_locked
 from tests.test_roles import approve_first_pending, roles_share_the_store
 
-
 Connections = Callable[[int], list[PostgresBackend]]
 
 
