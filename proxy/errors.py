@@ -45,8 +45,12 @@ class GateError(Exception):
         self.extra = {k: v for k, v in extra.items() if v is not None}
 
     def body(self, request_id: str) -> dict[str, Any]:
+        """The nested shape that OpenAI's, Anthropic's and Stripe's SDKs parse into their
+        exception's message: ``{"type": "error", "error": {"type", "code", "message", ...}}``."""
         rid = self.request_id or request_id
-        return {"error": self.code, "message": self.message, "request_id": rid, **self.extra}
+        return {"type": "error",
+                "error": {"type": self.code, "code": self.code, "message": self.message,
+                          "request_id": rid, **self.extra}}
 
 
 class BadRequest(GateError):

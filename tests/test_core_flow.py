@@ -55,7 +55,7 @@ def test_curl_with_http_proxy_env_is_gated(hitl: Hitl, upstream: Upstream) -> No
     out = subprocess.run(["curl", "-s", "-i", "-X", "DELETE", upstream.url("/deny/1")],
                          env=env, capture_output=True, text=True, timeout=30)
     assert out.stdout.startswith("HTTP/1.1 403")
-    assert '"error": "denied_by_policy"' in out.stdout
+    assert '"code": "denied_by_policy"' in out.stdout
     assert "deletes are not allowed" in out.stdout
     assert upstream.count() == 0
 
@@ -96,11 +96,11 @@ def test_rejection_reaches_the_agent_with_the_reviewers_comment(hitl: Hitl, upst
     assert response.status_code == 403
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert body["error"] == "rejected_by_reviewer"
-    assert body["comment"] == "wrong recipient"
-    assert body["reviewer"] == "admin"
-    assert body["request_id"] == item["id"]
-    assert body["comments"] == [{"author": "admin", "comment": "who is this for?"}]
+    assert body["error"]["code"] == "rejected_by_reviewer"
+    assert body["error"]["comment"] == "wrong recipient"
+    assert body["error"]["reviewer"] == "admin"
+    assert body["error"]["request_id"] == item["id"]
+    assert body["error"]["comments"] == [{"author": "admin", "comment": "who is this for?"}]
     assert upstream.count() == 0
 
 
@@ -111,14 +111,14 @@ def test_retry_attaches_to_the_pending_record(make_hitl: Any, upstream: Upstream
         second = agent.post(upstream.url("/hold/x"), content=b"same")
         other = agent.post(upstream.url("/hold/x"), content=b"different")
     assert first.status_code == second.status_code == 503
-    assert first.json()["error"] == "approval_pending"
+    assert first.json()["error"]["code"] == "approval_pending"
     assert first.headers["retry-after"]
-    assert first.json()["request_id"] == second.json()["request_id"]
-    assert other.json()["request_id"] != first.json()["request_id"]
+    assert first.json()["error"]["request_id"] == second.json()["error"]["request_id"]
+    assert other.json()["error"]["request_id"] != first.json()["error"]["request_id"]
     assert len(hitl.wait_pending(2)) == 2
     # approve, then the agent's retry picks up the decision and is forwarded once
     with hitl.api() as api:
-        api.post(f"/api/requests/{first.json()['request_id']}/approve", json={})
+        api.post(f"/api/requests/{first.json()['error']['request_id']}/approve", json={})
     with hitl.agent() as agent:
         third = agent.post(upstream.url("/hold/x"), content=b"same")
         fourth = agent.post(upstream.url("/hold/x"), content=b"same")
@@ -134,7 +134,7 @@ def test_idempotency_key_replaces_the_body_digest(make_hitl: Any, upstream: Upst
     with hitl.agent() as agent:
         a = agent.post(upstream.url("/hold/pay"), content=b'{"ts": 1}', headers={"Idempotency-Key": "k1"})
         b = agent.post(upstream.url("/hold/pay"), content=b'{"ts": 2}', headers={"Idempotency-Key": "k1"})
-    assert a.json()["request_id"] == b.json()["request_id"]
+    assert a.json()["error"]["request_id"] == b.json()["error"]["request_id"]
 
 
 def test_deadline_expires_with_no_agent_waiting(make_hitl: Any, upstream: Upstream) -> None:
@@ -142,7 +142,7 @@ def test_deadline_expires_with_no_agent_waiting(make_hitl: Any, upstream: Upstre
     with hitl.agent() as agent:
         r = agent.post(upstream.url("/timeout-deny"), content=b"x")
     assert r.status_code == 503
-    rid = r.json()["request_id"]
+    rid = r.json()["error"]["request_id"]
     with hitl.api() as api:
         deadline = time.monotonic() + 10
         while api.get(f"/api/requests/{rid}").json()["status"] != "expired":
@@ -151,7 +151,7 @@ def test_deadline_expires_with_no_agent_waiting(make_hitl: Any, upstream: Upstre
     with hitl.agent() as agent:
         again = agent.post(upstream.url("/timeout-deny"), content=b"x")
     # the expired record is final; an identical request is judged anew
-    assert again.json()["request_id"] != rid
+    assert again.json()["error"]["request_id"] != rid
     assert upstream.count() == 0
 
 
@@ -159,7 +159,7 @@ def test_waiting_agent_gets_approval_timed_out(hitl: Hitl, upstream: Upstream) -
     with hitl.agent() as agent:
         r = agent.post(upstream.url("/timeout-deny/2"), content=b"x")
     assert r.status_code == 403
-    assert r.json()["error"] == "approval_timed_out"
+    assert r.json()["error"]["code"] == "approval_timed_out"
 
 
 def test_on_timeout_allow_forwards_after_the_deadline(hitl: Hitl, upstream: Upstream) -> None:
@@ -173,8 +173,8 @@ def test_policy_error_fails_closed(hitl: Hitl, upstream: Upstream) -> None:
     with hitl.agent() as agent:
         r = agent.post(upstream.url("/broken"), content=b"x")
     assert r.status_code == 403
-    assert r.json()["error"] == "policy_error"
-    assert "action" in r.json()["message"]
+    assert r.json()["error"]["code"] == "policy_error"
+    assert "action" in r.json()["error"]["message"]
     assert upstream.count() == 0
 
 
@@ -188,8 +188,8 @@ def test_upstream_unreachable_is_502(hitl: Hitl) -> None:
     with hitl.agent() as agent:
         r = agent.get(f"http://127.0.0.1:{port}/")
     assert r.status_code == 502
-    assert r.json()["error"] == "upstream_error"
-    assert "unreachable" in r.json()["message"]
+    assert r.json()["error"]["code"] == "upstream_error"
+    assert "unreachable" in r.json()["error"]["message"]
 
 
 def test_private_destinations_are_blocked_by_default(make_hitl: Any, upstream: Upstream) -> None:
@@ -200,8 +200,8 @@ def test_private_destinations_are_blocked_by_default(make_hitl: Any, upstream: U
         localhost_name = agent.get(f"http://localhost:{upstream.port}/")
     for resp in (r, meta, localhost_name):
         assert resp.status_code == 403
-        assert resp.json()["error"] == "destination_blocked"
-    assert "link-local" in meta.json()["message"]
+        assert resp.json()["error"]["code"] == "destination_blocked"
+    assert "link-local" in meta.json()["error"]["message"]
     assert upstream.count() == 0
 
 
@@ -209,8 +209,8 @@ def test_the_proxy_refuses_to_call_itself(hitl: Hitl) -> None:
     with hitl.agent() as agent:
         r = agent.get(hitl.proxy_url + "/")
         review = agent.get(hitl.review_url + "/healthz")
-    assert r.status_code == 403 and r.json()["error"] == "destination_blocked"
-    assert review.status_code == 403 and review.json()["error"] == "destination_blocked"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "destination_blocked"
+    assert review.status_code == 403 and review.json()["error"]["code"] == "destination_blocked"
 
 
 def test_body_over_the_limit_is_413(make_hitl: Any, upstream: Upstream) -> None:
@@ -218,7 +218,7 @@ def test_body_over_the_limit_is_413(make_hitl: Any, upstream: Upstream) -> None:
     with hitl.agent() as agent:
         r = agent.post(upstream.url("/big"), content=b"x" * 1001)
         ok = agent.post(upstream.url("/big"), content=b"x" * 1000)
-    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     assert ok.status_code == 200
     assert upstream.count() == 1
 
@@ -231,7 +231,7 @@ def test_agent_auth_required(make_hitl: Any, upstream: Upstream) -> None:
     with hitl.agent() as agent:
         missing = agent.get(upstream.url("/"))
     assert missing.status_code == 407
-    assert missing.json()["error"] == "proxy_auth_required"
+    assert missing.json()["error"]["code"] == "proxy_auth_required"
     assert missing.headers["proxy-authenticate"].startswith("Basic")
     host, port = hitl.runtime.proxy_address
     with httpx.Client(proxy=f"http://billing-agent:wrong@{host}:{port}", trust_env=False) as agent:
@@ -255,7 +255,7 @@ def test_too_many_pending_per_agent(make_hitl: Any, upstream: Upstream) -> None:
     with hitl.agent() as agent:
         codes = [agent.post(upstream.url("/hold/n"), content=str(i).encode()) for i in range(3)]
     assert [c.status_code for c in codes] == [503, 503, 429]
-    assert codes[2].json()["error"] == "too_many_pending"
+    assert codes[2].json()["error"]["code"] == "too_many_pending"
     assert codes[2].headers["retry-after"]
 
 
@@ -267,7 +267,7 @@ def test_reverse_route_forwards_to_the_configured_base(make_hitl: Any, upstream:
     assert r.json()["path"] == "/base/v1/things?q=1"
     with httpx.Client(base_url=hitl.proxy_url, trust_env=False) as client:
         unknown = client.get("/nope/v1")
-    assert unknown.status_code == 400 and unknown.json()["error"] == "bad_request"
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "bad_request"
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(hitl: Hitl, upstream: Upstream) -> None:
@@ -318,7 +318,7 @@ def test_standing_grant_forwards_the_approved_request_once_then_covers_similar_o
     hitl = make_hitl({"hold.client_wait": "0.3s"})
     with hitl.agent() as agent:
         first = agent.post(upstream.url("/hold/grant"), content=b"one")
-        rid = first.json()["request_id"]
+        rid = first.json()["error"]["request_id"]
         with hitl.api() as api:
             r = api.post(f"/api/requests/{rid}/approve", json={"grant_minutes": 5})
             assert r.status_code == 200, r.text

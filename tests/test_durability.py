@@ -315,10 +315,10 @@ def test_kill9_while_pending_loses_nothing_and_deadlines_resume(
         held = [agent.post(upstream.url(f"/hold/{n}"), content=n.encode()) for n in ("a", "b")]
         short = agent.post(upstream.url("/timeout-deny/k"), content=b"k")
     assert [r.status_code for r in (*held, short)] == [503, 503, 503]
-    assert {r.json()["error"] for r in (*held, short)} == {"approval_pending"}
+    assert {r.json()["error"]["code"] for r in (*held, short)} == {"approval_pending"}
     with s.api() as api:
         before = {i["id"]: i for i in api.get("/api/requests", params={"status": "pending"}).json()["items"]}
-    short_id = short.json()["request_id"]
+    short_id = short.json()["error"]["request_id"]
     s.kill9()
     pending_at_kill = s.db_status(short_id) == "pending"
 
@@ -326,7 +326,7 @@ def test_kill9_while_pending_loses_nothing_and_deadlines_resume(
     with s.api() as api:
         after = {i["id"]: i for i in api.get("/api/requests", params={"status": "pending"}).json()["items"]}
         for r in held:
-            rid = r.json()["request_id"]
+            rid = r.json()["error"]["request_id"]
             assert after[rid]["status"] == "pending"
             assert after[rid]["deadline"] == before[rid]["deadline"]
             assert after[rid]["body_text"] == before[rid]["body_text"]
@@ -336,7 +336,7 @@ def test_kill9_while_pending_loses_nothing_and_deadlines_resume(
     assert pending_at_kill or s.db_status(short_id) == "expired"
     with s.agent() as agent:  # a retry attaches to the surviving record, no second review item
         again = agent.post(upstream.url("/hold/a"), content=b"a")
-    assert again.json()["request_id"] == held[0].json()["request_id"]
+    assert again.json()["error"]["request_id"] == held[0].json()["error"]["request_id"]
     assert upstream.count() == 0
 
 
@@ -345,7 +345,7 @@ def test_kill9_after_approval_before_the_retry_forwards_once(
     s = served({"hold.client_wait": "0.2s"}).start()
     with s.agent() as agent:
         first = agent.post(upstream.url("/hold/pay"), content=b'{"amount": 7}')
-    rid = first.json()["request_id"]
+    rid = first.json()["error"]["request_id"]
     with s.api() as api:
         assert api.post(f"/api/requests/{rid}/approve", json={"comment": "ok"}).status_code == 200
     s.kill9()
@@ -391,8 +391,8 @@ def test_kill9_during_forwarding_is_failed_interrupted_and_never_resent(
     assert any(e["event"] == "failed" and e["detail"].get("reason") == "interrupted" for e in events)
     with s.agent() as agent:  # the agent's retry needs a new review: it is not re-sent by itself
         retry = agent.post(upstream.url("/hold/stall?stall=30"), content=b"once", timeout=30)
-    assert retry.status_code == 503 and retry.json()["error"] == "approval_pending"
-    assert retry.json()["request_id"] != item["id"]
+    assert retry.status_code == 503 and retry.json()["error"]["code"] == "approval_pending"
+    assert retry.json()["error"]["request_id"] != item["id"]
     assert upstream.count("/hold/stall") == 1
 
 
@@ -402,7 +402,7 @@ def test_twenty_concurrent_retries_of_one_approval_forward_once(make_hitl: Any, 
     hitl: Hitl = make_hitl({"hold.client_wait": "0.3s"})
     url = upstream.url("/hold/many?stall=20")
     with hitl.agent() as agent:
-        rid = agent.post(url, content=b"pay").json()["request_id"]
+        rid = agent.post(url, content=b"pay").json()["error"]["request_id"]
     with hitl.api() as api:
         assert api.post(f"/api/requests/{rid}/approve", json={}).status_code == 200
     barrier = threading.Barrier(20)
@@ -540,7 +540,7 @@ def test_retry_with_a_new_body_forwards_the_approved_body(make_hitl: Any, upstre
     hitl: Hitl = make_hitl({"hold.client_wait": "0.2s"})
     key = {"Idempotency-Key": "order-77"}
     with hitl.agent() as agent:
-        rid = agent.post(upstream.url("/hold/order"), content=b'{"amount": 10}', headers=key).json()["request_id"]
+        rid = agent.post(upstream.url("/hold/order"), content=b'{"amount": 10}', headers=key).json()["error"]["request_id"]
         with hitl.api() as api:
             api.post(f"/api/requests/{rid}/approve", json={})
         r = agent.post(upstream.url("/hold/order"), content=b'{"amount": 99999}', headers=key)
@@ -552,14 +552,14 @@ def test_a_stored_request_changed_after_approval_is_not_sent(make_hitl: Any, ups
                                                               tmp_path: Path) -> None:
     hitl: Hitl = make_hitl({"hold.client_wait": "0.2s"})
     with hitl.agent() as agent:
-        rid = agent.post(upstream.url("/hold/tamper"), content=b"reviewed").json()["request_id"]
+        rid = agent.post(upstream.url("/hold/tamper"), content=b"reviewed").json()["error"]["request_id"]
         with hitl.api() as api:
             api.post(f"/api/requests/{rid}/approve", json={})
         # someone with access to the database file swaps the body after the approval
         with sqlite3.connect(tmp_path / "data" / "hitl.db") as conn:
             conn.execute("UPDATE requests SET body=? WHERE id=?", (b"swapped", rid))
         r = agent.post(upstream.url("/hold/tamper"), content=b"reviewed")
-    assert r.status_code == 502 and r.json()["error"] == "upstream_error"
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
     with hitl.api() as api:
         rec = api.get(f"/api/requests/{rid}").json()
     assert rec["status"] == "failed" and "digest mismatch" in rec["failure_reason"]
@@ -589,7 +589,7 @@ def fails_closed_while_locked(hitl: Hitl, upstream: Upstream, unlock: Callable[[
         ready = httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30)
     finally:
         unlock()
-    assert held.status_code == 503 and held.json()["error"] == "store_unavailable"
+    assert held.status_code == 503 and held.json()["error"]["code"] == "store_unavailable"
     assert held.headers["retry-after"]
     assert allowed.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"]["store"] is False
@@ -597,7 +597,7 @@ def fails_closed_while_locked(hitl: Hitl, upstream: Upstream, unlock: Callable[[
     assert httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30).status_code == 200
     with hitl.agent() as agent:
         again = agent.post(upstream.url("/hold/locked"), content=b"x")
-    assert again.json()["error"] == "approval_pending"
+    assert again.json()["error"]["code"] == "approval_pending"
 
 
 def test_bad_sqlite_store_options_are_refused(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_curl_via_https_proxy_env_sees_a_denial_as_json(proxy: Hitl, tls_upstrea
     out = subprocess.run(["curl", "-s", "-i", "--cacert", str(ca_path(proxy)), "-X", "DELETE",
                           tls_upstream.url("/deny/1")], env=env, capture_output=True, text=True, timeout=30)
     assert "HTTP/1.1 403" in out.stdout, out.stdout + out.stderr
-    assert '"error": "denied_by_policy"' in out.stdout
+    assert '"code": "denied_by_policy"' in out.stdout
     assert "no deletes here" in out.stdout
     assert tls_upstream.count() == 0
 
@@ -179,8 +179,8 @@ def test_rejection_comment_reaches_the_agent_over_tls(proxy: Hitl, tls_upstream:
         thread.join(15)
     r = box["result"]
     assert r.status_code == 403
-    assert r.json()["error"] == "rejected_by_reviewer"
-    assert r.json()["comment"] == "tone it down"
+    assert r.json()["error"]["code"] == "rejected_by_reviewer"
+    assert r.json()["error"]["comment"] == "tone it down"
     assert tls_upstream.count() == 0
 
 
@@ -205,8 +205,8 @@ def test_invalid_upstream_certificate_is_a_502_naming_verification(make_hitl: Ca
     with agent(hitl, ca_path(hitl)) as client:
         r = client.get(tls_upstream.url("/secret"))
     assert r.status_code == 502
-    assert r.json()["error"] == "upstream_error"
-    assert "verif" in r.json()["message"]
+    assert r.json()["error"]["code"] == "upstream_error"
+    assert "verif" in r.json()["error"]["message"]
     assert tls_upstream.count() == 0
 
 
@@ -278,7 +278,7 @@ def test_refused_connects_get_json_before_any_tunnel(proxy: Hitl, authority: str
                 break
             data += chunk
     assert data.startswith(f"HTTP/1.1 {status}".encode()), data
-    assert f'"error": "{error}"'.encode() in data
+    assert f'"code": "{error}"'.encode() in data
 
 
 @pytest.mark.parametrize("listener", ["proxy_address", "review_address"])

@@ -33,7 +33,7 @@ def test_json_logs_carry_every_request_and_decision_and_no_secret(tmp_path: Path
         admin = next(line.split("token=")[1] for line in proc.lines if "token=" in line)
         with httpx.Client(base_url=proc.review_url, trust_env=False,
                           headers={"Authorization": f"Bearer {admin}"}) as api:
-            rid = held.json()["request_id"]
+            rid = held.json()["error"]["request_id"]
             assert api.post(f"/api/requests/{rid}/approve", json={}).status_code == 200
         # a proxy credential of an unknown agent: refused, and the password is not logged
         with httpx.Client(proxy=f"http://bot:{SECRETS[4]}@{proc.proxy_url[7:]}", trust_env=False) as agent:

@@ -60,13 +60,13 @@ def scripted_traffic(hitl: Hitl, upstream: Upstream) -> dict[str, str]:
     with hitl.agent() as agent, hitl.api() as api:
         assert agent.get(upstream.url("/items")).status_code == 200  # allow
         r = agent.get(f"http://127.0.0.1:{closed_port()}/x")  # allow, then the upstream fails
-        assert r.status_code == 502 and r.json()["error"] == "upstream_error"
-        assert agent.delete(upstream.url("/deny/1")).json()["error"] == "denied_by_policy"
-        assert agent.get(upstream.url("/broken")).json()["error"] == "policy_error"
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+        assert agent.delete(upstream.url("/deny/1")).json()["error"]["code"] == "denied_by_policy"
+        assert agent.get(upstream.url("/broken")).json()["error"]["code"] == "policy_error"
         for name in ("approve", "reject", "pending"):
             r = agent.post(upstream.url(f"/hold/{name}"), content=b'{"n": 1}')
-            assert r.status_code == 503 and r.json()["error"] == "approval_pending", r.text
-            ids[name] = r.json()["request_id"]
+            assert r.status_code == 503 and r.json()["error"]["code"] == "approval_pending", r.text
+            ids[name] = r.json()["error"]["request_id"]
         r = api.post(f"/api/requests/{ids['approve']}/approve", json={"grant_minutes": 5})
         assert r.status_code == 200, r.text
         r = api.post(f"/api/requests/{ids['reject']}/reject", json={"comment": "no"})
@@ -75,8 +75,8 @@ def scripted_traffic(hitl: Hitl, upstream: Upstream) -> dict[str, str]:
         r = agent.post(upstream.url("/hold/approve"), content=b'{"n": 2}')
         assert r.status_code == 200 and "standing grant" in r.headers["x-hitl-approved-by"]
         r = agent.post(upstream.url("/timeout-deny"), content=b"x")  # 1s deadline, on_timeout deny
-        assert r.json()["error"] in ("approval_pending", "approval_timed_out")
-        ids["expire"] = r.json()["request_id"]
+        assert r.json()["error"]["code"] in ("approval_pending", "approval_timed_out")
+        ids["expire"] = r.json()["error"]["request_id"]
         wait_until(lambda: api.get(f"/api/requests/{ids['expire']}").json()["status"] == "expired")
     return ids
 
@@ -152,7 +152,7 @@ def test_readyz_turns_503_when_the_store_is_unreachable(hitl: Hitl, upstream: Up
     assert value(scrape(hitl), "hitl_store_up") == 0  # the scrape still answers
     with hitl.agent() as agent:  # and the data plane fails closed
         r = agent.post(upstream.url("/hold/x"), content=b"x")
-    assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
     assert upstream.count() == 0
 
 

@@ -69,7 +69,7 @@ def test_new_hold_is_posted_as_json_and_slack_without_blocking_the_agent(
         r = agent.post(upstream.url("/hold/charge?card=4242"), content=b'{"amount": 5000, "pw": "hunter2"}',
                        headers={"Authorization": "Bearer sk_live_abc"})
         assert r.status_code == 503  # answered after client_wait although one webhook stalls
-        rid = r.json()["request_id"]
+        rid = r.json()["error"]["request_id"]
         wait_until(lambda: len(hooks.to("/json")) == 1 and len(hooks.to("/slack")) == 1)
         assert agent.get(upstream.url("/items")).status_code == 200  # the stalled webhook blocks nothing
     [payload] = hooks.to("/json")

@@ -308,13 +308,13 @@ def test_store_down_fails_closed_and_recovers(pg_url: str, make_hitl: Callable[.
     hitl = make_hitl({"store.url": url, "hold.client_wait": "0.2s"})
     try:
         with hitl.agent() as agent:
-            assert agent.post(upstream.url("/hold/before"), content=b"x").json()["error"] == "approval_pending"
+            assert agent.post(upstream.url("/hold/before"), content=b"x").json()["error"]["code"] == "approval_pending"
         relay.stop()
         with hitl.agent() as agent:
             held = agent.post(upstream.url("/hold/down"), content=b"x")
             allowed = agent.get(upstream.url("/fine"))
         ready = httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30)
-        assert held.status_code == 503 and held.json()["error"] == "store_unavailable"
+        assert held.status_code == 503 and held.json()["error"]["code"] == "store_unavailable"
         assert held.headers["retry-after"]
         assert allowed.status_code == 200
         assert ready.status_code == 503 and ready.json()["checks"]["store"] is False
@@ -324,7 +324,7 @@ def test_store_down_fails_closed_and_recovers(pg_url: str, make_hitl: Callable[.
         assert httpx.get(hitl.review_url + "/readyz", trust_env=False, timeout=30).status_code == 200
         with hitl.agent() as agent:
             again = agent.post(upstream.url("/hold/down"), content=b"x")
-        assert again.json()["error"] == "approval_pending"
+        assert again.json()["error"]["code"] == "approval_pending"
         assert upstream.count("/hold") == 0
     finally:
         relay.stop()

@@ -286,8 +286,8 @@ def test_reject_needs_a_comment_and_the_agent_receives_it(page: Any, ui: Hitl, u
     out = agent.done()
     assert out.startswith("HTTP/1.1 403")
     body = json.loads(out.split("\n\n", 1)[1])
-    assert body["error"] == "rejected_by_reviewer"
-    assert body["comment"] == "Too broad: send only to affected EU customers." and body["reviewer"] == "alice"
+    assert body["error"]["code"] == "rejected_by_reviewer"
+    assert body["error"]["comment"] == "Too broad: send only to affected EU customers." and body["error"]["reviewer"] == "alice"
     page.locator(".detail-badges .badge", has_text="Rejected").wait_for()
     assert upstream.count() == 0
 
