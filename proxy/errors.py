@@ -134,3 +134,15 @@ class InvalidTransition(StoreError):
         self.request_id = request_id
         self.current = current
         self.wanted = wanted
+
+
+class DigestMismatch(InvalidTransition):
+    """An approval named the digest of content that has changed since (an edit): 409."""
+
+    def __init__(self, request_id: str, digest: str) -> None:
+        StoreError.__init__(self, f"request {request_id} changed since you saw it (its digest is now "
+                                  f"{digest}); reload it and review what would be sent now")
+        self.request_id = request_id
+        self.current = "pending"
+        self.wanted = "approved"
+        self.digest = digest

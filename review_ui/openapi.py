@@ -41,7 +41,9 @@ SPEC: dict[str, Any] = {
                     "decisions": {"type": "array", "items": {"type": "object"}},
                     "comments": {"type": "array", "items": {"type": "object"}},
                     "created_at": {"type": "string"}, "deadline": {"type": "string"},
-                    "response_status": {"type": ["integer", "null"]}}},
+                    "response_status": {"type": ["integer", "null"]},
+                    "digest": {"type": ["string", "null"]}, "body_truncated": {"type": "boolean"},
+                    "body_size": {"type": "integer"}}},
         },
     },
     "security": [{"bearer": []}],
@@ -52,13 +54,20 @@ SPEC: dict[str, Any] = {
             "responses": {"200": {"description": "{items, next_cursor}"}, "401": _ERR}}},
         "/api/requests/{id}": {"get": {"summary": "One held request (secrets redacted)", "parameters": _ID,
                                        "responses": {"200": _REC, "401": _ERR, "404": _ERR}}},
-        "/api/requests/{id}/approve": _decision("Approve, optionally with an edit and a standing grant", {
-            "type": "object", "properties": {
-                "comment": {"type": "string"},
-                "edit": {"type": "object", "properties": {"body": {}, "headers": {"type": "object"}}},
-                "grant_minutes": {"type": "integer"}}}),
+        "/api/requests/{id}/body": {"get": {
+            "summary": "The raw body bytes (?edited=true: as it would be forwarded), as a download",
+            "parameters": _ID, "responses": {"200": {"description": "the bytes, under the body's media type"},
+                                             "401": _ERR, "404": _ERR}}},
+        "/api/requests/{id}/approve": _decision(
+            "Approve, optionally with an edit and (on the approval completing the quorum) a standing grant; "
+            "digest: the record's digest as seen (409 if it changed since)", {
+                "type": "object", "properties": {
+                    "comment": {"type": "string"}, "digest": {"type": "string"},
+                    "edit": {"type": "object", "properties": {"body": {}, "headers": {"type": "object"}}},
+                    "grant_minutes": {"type": "integer"}}}),
         "/api/requests/{id}/reject": _decision("Reject; the comment goes back to the agent", {
-            "type": "object", "required": ["comment"], "properties": {"comment": {"type": "string"}}}),
+            "type": "object", "required": ["comment"],
+            "properties": {"comment": {"type": "string"}, "digest": {"type": "string"}}}),
         "/api/requests/{id}/comment": _decision("Comment without deciding", {
             "type": "object", "required": ["comment"], "properties": {"comment": {"type": "string"}}}),
         "/api/grants": {"get": {"summary": "Active standing grants", "responses": {"200": {"description": "{items}"}}}},

@@ -36,7 +36,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from proxy.errors import StoreError
-from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import (
+    ADDED_COLUMNS,
+    CLAIM_COLUMNS,
+    FORWARDER_COLUMNS,
+    GRANT_COLUMNS,
+    ONCE_COLUMNS,
+    REQUEST_COLUMNS,
+)
 from proxy.store.sql import SqlBackend, busy_timeout
 
 T = TypeVar("T")
@@ -77,13 +84,17 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS requests_status_deadline ON requests (status, deadline)",
     "CREATE INDEX IF NOT EXISTS requests_agent_status ON requests (agent, status)",
     (f"CREATE TABLE IF NOT EXISTS decisions ({_ENTRY}, reviewer TEXT, verdict TEXT, comment TEXT,"
-     " at DOUBLE PRECISION)"),
+     " at DOUBLE PRECISION, digest TEXT)"),
     "CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions (request_id)",
     f"CREATE TABLE IF NOT EXISTS comments ({_ENTRY}, author TEXT, comment TEXT, at DOUBLE PRECISION)",
     "CREATE INDEX IF NOT EXISTS comments_request_id ON comments (request_id)",
     _table("grants", GRANT_COLUMNS, "id"),
     _table("claims", CLAIM_COLUMNS, "request_id"),
     _table("forwarders", FORWARDER_COLUMNS, "id"),
+    _table("used_once", ONCE_COLUMNS, "key"),
+    # An older store gains the newer columns.
+    *(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES[typ]}"
+      for table, cols in ADDED_COLUMNS.items() for col, typ in cols.items()),
     ("CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at TEXT, event TEXT, request_id TEXT,"
      " actor TEXT, detail TEXT, prev_hash TEXT, hash TEXT)"),
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT)",

@@ -15,7 +15,16 @@ from typing import Any
 import sqlite_utils
 
 from proxy.errors import StoreError
-from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.files import private_dir, private_file
+from proxy.store.rows import (
+    ADDED_COLUMNS,
+    CLAIM_COLUMNS,
+    DECISION_COLUMNS,
+    FORWARDER_COLUMNS,
+    GRANT_COLUMNS,
+    ONCE_COLUMNS,
+    REQUEST_COLUMNS,
+)
 from proxy.store.sql import SqlBackend
 
 
@@ -32,7 +41,12 @@ class SqliteBackend(SqlBackend):
         give_up = time.monotonic() + max(busy_timeout, 1.0)
         while True:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                # Held requests carry the agents' credentials: the file is 0600 from the
+                # start, and SQLite gives its -wal and -shm files the database's mode.
+                private_dir(path.parent)
+                private_file(path)
+                for suffix in ("-wal", "-shm", "-journal"):  # left by an older version
+                    private_file(path.with_name(path.name + suffix), create=False)
                 conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                        timeout=busy_timeout)
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -58,10 +72,7 @@ class SqliteBackend(SqlBackend):
         db["requests"].create_index(["fingerprint"], if_not_exists=True)
         db["requests"].create_index(["status", "deadline"], if_not_exists=True)
         db["requests"].create_index(["agent", "status"], if_not_exists=True)
-        db["decisions"].create(
-            {"request_id": str, "reviewer": str, "verdict": str, "comment": str, "at": float},
-            if_not_exists=True,
-        )
+        db["decisions"].create(DECISION_COLUMNS, if_not_exists=True)
         db["decisions"].create_index(["request_id"], if_not_exists=True)
         db["comments"].create(
             {"request_id": str, "author": str, "comment": str, "at": float}, if_not_exists=True
@@ -70,6 +81,12 @@ class SqliteBackend(SqlBackend):
         db["grants"].create(GRANT_COLUMNS, pk="id", if_not_exists=True)
         db["claims"].create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
         db["forwarders"].create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
+        db.table("used_once").create(ONCE_COLUMNS, pk="key", if_not_exists=True)
+        for table, columns in ADDED_COLUMNS.items():  # an older store gains the newer columns
+            have = set(db.table(table).columns_dict)
+            for name, typ in columns.items():
+                if name not in have:
+                    db.table(table).add_column(name, typ)
         db["audit"].create(
             {"seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
              "prev_hash": str, "hash": str},

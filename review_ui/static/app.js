@@ -213,7 +213,10 @@
     }
 
     function buildApproval() {
+      // The digest of the content this page shows: if an edit changed it meanwhile, the
+      // server answers 409 rather than count this approval for bytes not seen here.
       const payload = { comment: comment.value };
+      if (article.dataset.digest) payload.digest = article.dataset.digest;
       if (grant && grant.value) {
         const minutes = Number(grant.value);
         if (!Number.isInteger(minutes) || minutes < 1 || minutes > 10080)
@@ -258,6 +261,7 @@
             throw new Error("Write a comment to reject: it is the feedback the agent receives.");
           }
           url = base + "reject"; payload = { comment: comment.value };
+          if (article.dataset.digest) payload.digest = article.dataset.digest;
         } else {
           if (!comment.value.trim()) { comment.focus(); throw new Error("Write a comment first."); }
           url = base + "comment"; payload = { comment: comment.value };
