@@ -17,6 +17,7 @@ import sqlite_utils
 from proxy.errors import StoreError
 from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
 from proxy.store.sql import SqlBackend
+from proxy.store.tuning import DECISION_LOG_SCHEMA
 
 
 class SqliteBackend(SqlBackend):
@@ -75,6 +76,8 @@ class SqliteBackend(SqlBackend):
              "prev_hash": str, "hash": str},
             pk="seq", if_not_exists=True,
         )
+        for statement in DECISION_LOG_SCHEMA:
+            db.conn.execute(statement)
 
     # -- plumbing ------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
