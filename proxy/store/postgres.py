@@ -25,7 +25,6 @@ URL: ``postgresql://user[:password]@host[:port]/db`` plus libpq parameters in th
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -35,22 +34,24 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from proxy.config_types import STORE_SCHEMA_NAME
 from proxy.errors import StoreError
 from proxy.store.rows import (
-    ADDED_COLUMNS,
     CLAIM_COLUMNS,
     FORWARDER_COLUMNS,
     GRANT_COLUMNS,
     ONCE_COLUMNS,
     REQUEST_COLUMNS,
+    TABLES,
 )
 from proxy.store.sql import SqlBackend, busy_timeout
+from proxy.store.tuning import DECISION_LOG_SCHEMA
 
 T = TypeVar("T")
 
 _PG_TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bytes: "BYTEA"}
 # Lower-case only: an unquoted name in search_path is folded to lower case.
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCHEMA_NAME = STORE_SCHEMA_NAME
 # Defaults for libpq parameters the URL does not set: give up on a dead server or a black-
 # holed network in seconds, not after the kernel's TCP timeouts (minutes).
 _LIBPQ_DEFAULTS = {"connect_timeout": "10", "application_name": "hitl-proxy", "keepalives_idle": "10",
@@ -84,7 +85,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS requests_status_deadline ON requests (status, deadline)",
     "CREATE INDEX IF NOT EXISTS requests_agent_status ON requests (agent, status)",
     (f"CREATE TABLE IF NOT EXISTS decisions ({_ENTRY}, reviewer TEXT, verdict TEXT, comment TEXT,"
-     " at DOUBLE PRECISION, digest TEXT)"),
+     " at DOUBLE PRECISION)"),
     "CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions (request_id)",
     f"CREATE TABLE IF NOT EXISTS comments ({_ENTRY}, author TEXT, comment TEXT, at DOUBLE PRECISION)",
     "CREATE INDEX IF NOT EXISTS comments_request_id ON comments (request_id)",
@@ -92,19 +93,18 @@ SCHEMA = (
     _table("claims", CLAIM_COLUMNS, "request_id"),
     _table("forwarders", FORWARDER_COLUMNS, "id"),
     _table("used_once", ONCE_COLUMNS, "key"),
-    # An older store gains the newer columns.
-    *(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES[typ]}"
-      for table, cols in ADDED_COLUMNS.items() for col, typ in cols.items()),
     ("CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at TEXT, event TEXT, request_id TEXT,"
      " actor TEXT, detail TEXT, prev_hash TEXT, hash TEXT)"),
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT)",
     (f"INSERT INTO store_meta (key, value) VALUES ('schema_version', '{_SCHEMA_VERSION}')"
      " ON CONFLICT (key) DO NOTHING"),
+    *DECISION_LOG_SCHEMA,
 )
 
 
 class PostgresBackend(SqlBackend):
     _LIKE = "ILIKE"  # SQLite's LIKE ignores case; PostgreSQL's does not
+    _JSON_TEXT = "(detail::json ->> '{key}')"
 
     def __init__(self, url: str, *, secret_headers: frozenset[str] = frozenset()) -> None:
         super().__init__(secret_headers)
@@ -149,6 +149,20 @@ class PostgresBackend(SqlBackend):
                 self._exec(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             for statement in SCHEMA:
                 self._exec(statement)
+            self._add_missing_columns(schema)
+
+    def _add_missing_columns(self, schema: str) -> None:
+        """A store made by an older version lacks the columns added since: add them (NULL in
+        the existing rows). CREATE TABLE IF NOT EXISTS alone never changes an existing table.
+        Only a store that lacks one is altered (ALTER TABLE locks the table, even for nothing)."""
+        present = {(r["table_name"], r["column_name"]) for r in self._q(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = ?",
+            (schema,))}
+        for name, columns in TABLES.items():
+            missing = [f"ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES[typ]}"
+                       for col, typ in columns.items() if (name, col) not in present]
+            if missing:
+                self._exec(f"ALTER TABLE {name} {', '.join(missing)}")
 
     # -- plumbing ------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:

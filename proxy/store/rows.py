@@ -33,11 +33,17 @@ DECISION_COLUMNS: dict[str, type] = {
 }
 # Things that may happen once across every process sharing the store (the admin login link).
 ONCE_COLUMNS: dict[str, type] = {"key": str, "at": float}
-# Columns added after a table first shipped: an older store gains them when opened.
-ADDED_COLUMNS: dict[str, dict[str, type]] = {
-    "requests": {"digest": str},
-    "grants": {k: GRANT_COLUMNS[k] for k in ("scheme", "port", "rule", "approvals", "groups")},
-    "decisions": {"digest": str},
+COMMENT_COLUMNS: dict[str, type] = {"request_id": str, "author": str, "comment": str, "at": float}
+AUDIT_COLUMNS: dict[str, type] = {
+    "seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
+    "prev_hash": str, "hash": str,
+}
+# Every table and its columns. Opening a store adds the columns an older store lacks
+# (a column added here reaches existing databases without a migration step).
+TABLES: dict[str, dict[str, type]] = {
+    "requests": REQUEST_COLUMNS, "decisions": DECISION_COLUMNS, "comments": COMMENT_COLUMNS,
+    "grants": GRANT_COLUMNS, "claims": CLAIM_COLUMNS, "forwarders": FORWARDER_COLUMNS,
+    "audit": AUDIT_COLUMNS, "used_once": ONCE_COLUMNS,
 }
 # What a listing reads of a body: enough for a 4 KiB preview (and a split UTF-8 character).
 SUMMARY_BODY_BYTES = 4096 + 4

@@ -39,7 +39,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import BadRequest, DigestMismatch, InvalidTransition, NotFound, StoreError
+from proxy.config_types import store_busy_timeout
+from proxy.errors import (
+    BadRequest,
+    ConfigError,
+    DigestMismatch,
+    InvalidTransition,
+    NotFound,
+    StoreError,
+)
 from proxy.model import AgentRequest, HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import REDACTED, Redactor, redact_url
 from proxy.store.records import (
@@ -59,6 +67,7 @@ from proxy.store.rows import (
     grant_from_row,
     hold_from_row,
 )
+from proxy.store.tuning import TuningQueries
 
 # A listing reads a prefix of each body and no stored response: a queue of large holds
 # costs kilobytes, not their bodies (DESIGN §8). substr/length count bytes on a BLOB/BYTEA.
@@ -74,15 +83,12 @@ HEARTBEAT_SECONDS = 5.0
 
 
 def busy_timeout(value: str | None) -> float:
-    """``busy_timeout=SECONDS`` of a store URL: how long a write waits for another
-    connection's lock before the store counts as unavailable (default 10)."""
+    """``busy_timeout=SECONDS`` of a store URL (default 10); the config loader checks it
+    first, with the same function."""
     try:
-        seconds = float(value if value is not None else "10")
-    except ValueError as exc:
-        raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
-    if not 0 <= seconds <= 3600:
-        raise StoreError("store.url: busy_timeout must be 0 to 3600 seconds")
-    return seconds
+        return store_busy_timeout(value)
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def _pid_space() -> str:
@@ -126,7 +132,7 @@ def pid_gone(pid: int) -> bool:
     return False
 
 
-class SqlBackend:
+class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insights
     # The case-insensitive LIKE of the dialect (SQLite's LIKE already ignores ASCII case).
     _LIKE = "LIKE"
 
