@@ -24,13 +24,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.redact import REDACTED, SECRET_HEADERS
+from proxy.redact import REDACTED, SECRET_FIELD_WORDS, is_secret_field
 
 SUMMARY_BYTES = 4096
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "signature", "credential", "api-key",
-                 "apikey", "api_key", "private_key", "session", "cookie", "authorization")
-_SECRET_EXACT = frozenset({"key", "auth", "pwd", "cvc", "cvv", "sig"})
-_WORDS = "|".join(re.escape(w) for w in _SECRET_WORDS)
+_WORDS = "|".join(re.escape(w) for w in SECRET_FIELD_WORDS)
 # A secret-named field in text: JSON ("password": "x") or form/query (password=x).
 _TEXT_FIELD = re.compile(
     rf'(?i)("[^"]*(?:{_WORDS})[^"]*"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}}\]\s]+)'
@@ -38,10 +35,9 @@ _TEXT_FIELD = re.compile(
 
 
 def secret_name(name: str, extra: Iterable[str] = ()) -> bool:
-    """Whether a header, query parameter or body field of this name holds a secret."""
-    low = name.lower()
-    return (low in SECRET_HEADERS or low in _SECRET_EXACT or any(w in low for w in _SECRET_WORDS)
-            or any(low == e.lower() for e in extra))
+    """Whether a header, query parameter or body field of this name holds a secret (the
+    classes of ``proxy.redact``, the one place that knows them)."""
+    return is_secret_field(name, extra)
 
 
 def scrub(value: Any, extra: Iterable[str] = ()) -> Any:

@@ -29,7 +29,9 @@ SECRET_HEADER_PARTS = ("token", "secret", "api-key", "apikey", "password", "sign
 # parts, or equal to one of the exact names, or ending in "_key", is a secret.
 SECRET_QUERY_PARTS = ("token", "secret", "password", "passwd", "signature", "credential", "api_key",
                       "apikey", "private_key", "access_key", "session")
-SECRET_QUERY_NAMES = frozenset({"key", "sig", "auth", "pwd", "pass", "code", "jwt", "hmac"})
+SECRET_QUERY_NAMES = frozenset({"key", "sig", "auth", "pwd", "pass", "jwt", "hmac", "cvc", "cvv"})
+# Words that mark a field of a body or input document (any of the above) as a secret.
+SECRET_FIELD_WORDS = tuple(dict.fromkeys((*SECRET_HEADER_PARTS, *SECRET_QUERY_PARTS, "cookie", "authorization")))
 
 
 class Redactor:
@@ -70,6 +72,11 @@ def is_secret_param(name: str) -> bool:
     key = name.lower().replace("-", "_").strip()
     return (key in SECRET_QUERY_NAMES or key.endswith("_key")
             or any(part in key for part in SECRET_QUERY_PARTS))
+
+
+def is_secret_field(name: str, extra: Iterable[str] = ()) -> bool:
+    """Whether a header, query parameter or body field of this name holds a secret."""
+    return Redactor(extra).is_secret(name) or is_secret_param(name)
 
 
 def redact_query(query: str) -> str:

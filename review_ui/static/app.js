@@ -305,7 +305,10 @@
                               { headers: { "Accept": "application/json" } });
         if (!r.ok) return;
         const rec = await r.json();
-        if (rec.status !== article.dataset.status && !acting) changedElsewhere();
+        // An edit keeps the status but changes the digest: the bytes shown here are stale.
+        const stale = rec.status !== article.dataset.status ||
+          (rec.digest || "") !== (article.dataset.digest || "");
+        if (stale && !acting) changedElsewhere();
       } catch (err) { /* offline: the next event or reconnect will tell */ }
     });
   }
