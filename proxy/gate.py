@@ -117,7 +117,6 @@ class Gate:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
-        self._forwards: dict[str, asyncio.Task[Reply]] = {}
 
     # -- the data plane's entry ----------------------------------------------------------
     async def judge(self, req: AgentRequest, agent: Agent, request_id: str) -> Decision:
@@ -252,10 +251,6 @@ class Gate:
         claimed = await self.store.claim(request_id, self.clock(), self.owner)
         if claimed is None:
             return None
-        task = asyncio.current_task()
-        if task is not None:
-            self._forwards[request_id] = task  # type: ignore[assignment]
-            task.add_done_callback(lambda _t: self._forwards.pop(request_id, None))
         return await self._forward_held(claimed)
 
     async def _forward_held(self, rec: HoldRecord) -> Reply:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from http import HTTPStatus
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 import h11

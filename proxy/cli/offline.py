@@ -22,7 +22,7 @@ def audit(settings: Settings, action: str, output: str | None) -> int:
                 return 0
             print(f"audit chain broken at seq {broken}", file=sys.stderr)
             return 1
-        out = open(output, "w") if output else sys.stdout
+        out = open(output, "w") if output else sys.stdout  # noqa: SIM115 - closed below
         try:
             after = 0
             while True:
