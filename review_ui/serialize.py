@@ -55,7 +55,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
     if out["edited"]:
         fwd = rec.forward_request()
         out["edit"] = {"headers": redact_headers(fwd.headers, secret_headers),
-                       "body_text": _text(fwd.body)}
+                       "body_text": _text(fwd.body), "body_size": len(fwd.body)}
     if viewer is not None:
         out["can_decide"] = viewer.may_decide(rec.reviewers)
     return out
