@@ -229,7 +229,19 @@ _RANK = {Action.ALLOW: 0, Action.HOLD: 1, Action.DENY: 2}
 def strictest(decisions: Sequence[Decision]) -> Decision:
     """One decision for a batch (Rule 3): any deny denies; else any hold holds, needing the
     most approvals any held call needs, the shortest timeout, ``deny`` on timeout if any
-    call says so, grantable only when every held call is; else the first allow."""
+    call says so, grantable only when every held call is; else the first allow. A decision
+    in shadow (which lets its request through) never outranks a real one: it wins only
+    when every real decision allows."""
+    real = [d for d in decisions if not d.shadow]
+    top = _strictest(real) if real else None
+    if top is None or top.action is Action.ALLOW:
+        shadowed = [d for d in decisions if d.shadow]
+        if shadowed and (s := _strictest(shadowed)).action is not Action.ALLOW:
+            return s
+    return top if top is not None else decisions[0]
+
+
+def _strictest(decisions: Sequence[Decision]) -> Decision:
     top = max(decisions, key=lambda d: _RANK[d.action])
     if top.action is not Action.HOLD:
         return top

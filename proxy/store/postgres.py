@@ -44,6 +44,7 @@ from proxy.store.rows import (
     TABLES,
 )
 from proxy.store.sql import SqlBackend, busy_timeout
+from proxy.store.tuning import DECISION_LOG_SCHEMA
 
 T = TypeVar("T")
 
@@ -95,11 +96,13 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT)",
     (f"INSERT INTO store_meta (key, value) VALUES ('schema_version', '{_SCHEMA_VERSION}')"
      " ON CONFLICT (key) DO NOTHING"),
+    *DECISION_LOG_SCHEMA,
 )
 
 
 class PostgresBackend(SqlBackend):
     _LIKE = "ILIKE"  # SQLite's LIKE ignores case; PostgreSQL's does not
+    _JSON_TEXT = "(detail::json ->> '{key}')"
 
     def __init__(self, url: str, *, secret_headers: frozenset[str] = frozenset()) -> None:
         super().__init__(secret_headers)

@@ -26,6 +26,7 @@ from proxy.store.rows import (
     TABLES,
 )
 from proxy.store.sql import SqlBackend
+from proxy.store.tuning import DECISION_LOG_SCHEMA
 
 
 class SqliteBackend(SqlBackend):
@@ -75,6 +76,8 @@ class SqliteBackend(SqlBackend):
         db["claims"].create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
         db["forwarders"].create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
         db["audit"].create(AUDIT_COLUMNS, pk="seq", if_not_exists=True)
+        for statement in DECISION_LOG_SCHEMA:  # store/tuning.py
+            db.conn.execute(statement)
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
