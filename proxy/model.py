@@ -143,7 +143,7 @@ class AgentRequest:
             tail = f"key:{key}"
         else:
             tail = f"mcp:{content_key}" if content_key is not None else f"body:{self.body_digest()}"
-        raw = "\n".join((agent_id, self.method, self.url, tail))
+        raw = f"{agent_id}\n{self.method}\n{self.url}\n{tail}"
         return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
     def content_digest(self) -> str:
