@@ -119,11 +119,7 @@ class Gate:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
-<<<<<<< HEAD
-        self._forwards: dict[str, asyncio.Task[Reply]] = {}
         self.mcp_streams = mcp.StreamMemory()  # which MCP endpoints answer with event streams
-=======
->>>>>>> main
         p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
         self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
                                          secret_headers=self._secret_headers,
