@@ -36,7 +36,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from proxy.errors import StoreError
-from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import (
+    ADDED_REQUEST_COLUMNS,
+    CLAIM_COLUMNS,
+    FORWARDER_COLUMNS,
+    GRANT_COLUMNS,
+    REQUEST_COLUMNS,
+)
 from proxy.store.sql import SqlBackend, busy_timeout
 
 T = TypeVar("T")
@@ -73,6 +79,8 @@ def _table(name: str, columns: dict[str, type], pk: str | None = None,
 _ENTRY = "rowid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, request_id TEXT"
 SCHEMA = (
     _table("requests", REQUEST_COLUMNS, "id", ("status", "fingerprint", "agent")),
+    *(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {c} {_PG_TYPES[REQUEST_COLUMNS[c]]}"
+      for c in ADDED_REQUEST_COLUMNS),
     "CREATE INDEX IF NOT EXISTS requests_fingerprint ON requests (fingerprint)",
     "CREATE INDEX IF NOT EXISTS requests_status_deadline ON requests (status, deadline)",
     "CREATE INDEX IF NOT EXISTS requests_agent_status ON requests (agent, status)",

@@ -15,7 +15,13 @@ from typing import Any
 import sqlite_utils
 
 from proxy.errors import StoreError
-from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import (
+    ADDED_REQUEST_COLUMNS,
+    CLAIM_COLUMNS,
+    FORWARDER_COLUMNS,
+    GRANT_COLUMNS,
+    REQUEST_COLUMNS,
+)
 from proxy.store.sql import SqlBackend
 
 
@@ -55,6 +61,10 @@ class SqliteBackend(SqlBackend):
         db = self.db
         db["requests"].create(REQUEST_COLUMNS, pk="id", if_not_exists=True,
                               not_null={"status", "fingerprint", "agent"})
+        have = set(db["requests"].columns_dict)
+        for column in ADDED_REQUEST_COLUMNS:
+            if column not in have:
+                db["requests"].add_column(column, REQUEST_COLUMNS[column])
         db["requests"].create_index(["fingerprint"], if_not_exists=True)
         db["requests"].create_index(["status", "deadline"], if_not_exists=True)
         db["requests"].create_index(["agent", "status"], if_not_exists=True)
