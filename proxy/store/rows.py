@@ -22,8 +22,6 @@ REQUEST_COLUMNS: dict[str, type] = {
     # ("" while a process is posting it), and the state the message last showed.
     "slack_channel": str, "slack_ts": str, "slack_shown": str,
 }
-# Columns added after the first release: stores made before them get them on open.
-ADDED_REQUEST_COLUMNS = ("slack_channel", "slack_ts", "slack_shown")
 # Who forwards a record in `forwarding` (sql.py, Rule 6), and when each forwarder was last seen.
 CLAIM_COLUMNS: dict[str, type] = {"request_id": str, "owner": str}
 FORWARDER_COLUMNS: dict[str, type] = {"id": str, "seen": float}
@@ -31,6 +29,21 @@ GRANT_COLUMNS: dict[str, type] = {
     "id": str, "agent": str, "method": str, "host": str, "path": str, "created_by": str,
     "request_id": str, "created_at": float, "expires_at": float, "revoked_at": float,
     "revoked_by": str,
+}
+DECISION_COLUMNS: dict[str, type] = {
+    "request_id": str, "reviewer": str, "verdict": str, "comment": str, "at": float,
+}
+COMMENT_COLUMNS: dict[str, type] = {"request_id": str, "author": str, "comment": str, "at": float}
+AUDIT_COLUMNS: dict[str, type] = {
+    "seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
+    "prev_hash": str, "hash": str,
+}
+# Every table and its columns. Opening a store adds the columns an older store lacks
+# (a column added here reaches existing databases without a migration step).
+TABLES: dict[str, dict[str, type]] = {
+    "requests": REQUEST_COLUMNS, "decisions": DECISION_COLUMNS, "comments": COMMENT_COLUMNS,
+    "grants": GRANT_COLUMNS, "claims": CLAIM_COLUMNS, "forwarders": FORWARDER_COLUMNS,
+    "audit": AUDIT_COLUMNS,
 }
 
 
