@@ -145,3 +145,19 @@ def test_a_huge_request_stays_within_block_kit_limits() -> None:
                 assert len(item["text"]) <= 3000
             if isinstance(item, dict) and item.get("type") == "button":
                 assert len(item["text"]["text"]) <= 75 and len(item["value"]) <= 2000
+
+
+def test_config_check_prints_the_slack_section_with_its_secrets_elided(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import HITL
+
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"data_dir": str(tmp_path / "data"), "policy": {"paths": [str(tmp_path)]},
+                                "review": {"users": [ALICE], "slack": GOOD}}))
+    (tmp_path / "p.rego").write_text('package hitl\n\ndefault decision := {"action": "allow"}\n')
+    done = subprocess.run([HITL, "config", "check", "-c", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "C0123ABCD" in done.stdout and "U0ALICE" in done.stdout
+    assert "xoxb-1-2-abc" not in done.stdout + done.stderr and SECRET not in done.stdout + done.stderr

@@ -38,7 +38,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import InvalidTransition, NotFound, StoreError
+from proxy.config_types import store_busy_timeout
+from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import SECRET_HEADERS
 from proxy.store.records import (
@@ -62,15 +63,12 @@ HEARTBEAT_SECONDS = 5.0
 
 
 def busy_timeout(value: str | None) -> float:
-    """``busy_timeout=SECONDS`` of a store URL: how long a write waits for another
-    connection's lock before the store counts as unavailable (default 10)."""
+    """``busy_timeout=SECONDS`` of a store URL (default 10); the config loader checks it
+    first, with the same function."""
     try:
-        seconds = float(value if value is not None else "10")
-    except ValueError as exc:
-        raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
-    if not 0 <= seconds <= 3600:
-        raise StoreError("store.url: busy_timeout must be 0 to 3600 seconds")
-    return seconds
+        return store_busy_timeout(value)
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def _pid_space() -> str:
