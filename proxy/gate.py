@@ -40,7 +40,6 @@ from proxy.errors import (
     RejectedByReviewer,
     StoreError,
     StoreUnavailable,
-    TooManyPending,
     UpstreamError,
 )
 from proxy.events import EventBus
@@ -200,12 +199,9 @@ class Gate:
                                                     (f"{grant.created_by} (standing grant)",))
             created = False
             if rec is None:
-                if await self.store.count_pending(agent.id) >= hold.max_pending_per_agent:
-                    raise TooManyPending(
-                        f"{agent.id} already has {hold.max_pending_per_agent} requests waiting for review; "
-                        "wait for decisions before sending more")
                 # Look up and insert again in one store transaction: an identical request that
-                # arrived meanwhile made the record this one must attach to (Rule 3).
+                # arrived meanwhile made the record this one must attach to (Rule 3); the
+                # pending limit is counted in it too (TooManyPending past it).
                 rec, created = await self.store.create_or_attach(HoldRecord(
                     id=new_id(now), status=HoldStatus.PENDING, fingerprint=fingerprint,
                     agent=agent.id, agent_address=agent.address, request=req,
@@ -213,7 +209,7 @@ class Gate:
                     approvals_needed=decision.approvals, grantable=decision.grantable,
                     on_timeout=decision.on_timeout or OnTimeout(hold.on_timeout),
                     created_at=now, deadline=now + (decision.timeout or hold.timeout), updated_at=now,
-                ), hold.replay_window)
+                ), hold.replay_window, hold.max_pending_per_agent)
             if created:
                 log.info("held %s %s %s%s as %s (rule %s)", agent.id, req.method, req.authority, req.path,
                          rec.id, rec.rule)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config_types import store_busy_timeout
-from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError
+from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import SECRET_HEADERS
 from proxy.store.records import (
@@ -184,14 +184,20 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._insert(rec)
         return rec
 
-    def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+    def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                         max_pending: int | None = None) -> tuple[HoldRecord, bool]:
         """Rule 3 made atomic: the lookup by fingerprint and the insert share one write
         transaction, so identical requests arriving together make one review item.
-        Returns (record, created)."""
+        ``max_pending`` (``hold.max_pending_per_agent``) is counted in that same
+        transaction: with writers serialized (Rule 2), concurrent holds of one agent can
+        never pass it together. Returns (record, created); TooManyPending past the limit."""
         with self._tx():
             found = self.find_by_fingerprint(rec.fingerprint, rec.created_at, replay_window)
             if found is not None:
                 return found, False
+            if max_pending is not None and self.count_pending(rec.agent) >= max_pending:
+                raise TooManyPending(f"{rec.agent} already has {max_pending} requests waiting for "
+                                     "review; wait for decisions before sending more")
             self._insert(rec)
         return rec, True
 
