@@ -117,7 +117,6 @@ class Gate:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
-        self._forwards: dict[str, asyncio.Task[Reply]] = {}
         p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
         self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
                                          secret_headers=self._secret_headers,
@@ -271,10 +270,6 @@ class Gate:
         claimed = await self.store.claim(request_id, self.clock(), self.owner)
         if claimed is None:
             return None
-        task = asyncio.current_task()
-        if task is not None:
-            self._forwards[request_id] = task  # type: ignore[assignment]
-            task.add_done_callback(lambda _t: self._forwards.pop(request_id, None))
         return await self._forward_held(claimed)
 
     async def _forward_held(self, rec: HoldRecord) -> Reply:
