@@ -127,10 +127,12 @@ class NotFound(StoreError):
 
 
 class InvalidTransition(StoreError):
-    """A lifecycle transition that the state table does not allow (e.g. approve a rejected record)."""
+    """A lifecycle transition that the state table does not allow (e.g. approve a rejected
+    record). ``current`` is the record's status (the review API's ``current_status``);
+    ``why`` replaces the default explanation."""
 
-    def __init__(self, request_id: str, current: str, wanted: str) -> None:
-        super().__init__(f"request {request_id} is {current}; cannot become {wanted}")
+    def __init__(self, request_id: str, current: str, wanted: str, why: str | None = None) -> None:
+        super().__init__(f"request {request_id} is {current}; {why or f'cannot become {wanted}'}")
         self.request_id = request_id
         self.current = current
         self.wanted = wanted
@@ -149,9 +151,7 @@ class DigestMismatch(InvalidTransition):
     """An approval named the digest of content that has changed since (an edit): 409."""
 
     def __init__(self, request_id: str, digest: str) -> None:
-        StoreError.__init__(self, f"request {request_id} changed since you saw it (its digest is now "
-                                  f"{digest}); reload it and review what would be sent now")
-        self.request_id = request_id
-        self.current = "pending"
-        self.wanted = "approved"
+        super().__init__(request_id, "pending", "approved",
+                         f"it changed since you saw it (its digest is now {digest}); reload it and "
+                         "review what would be sent now")
         self.digest = digest

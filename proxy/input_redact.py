@@ -24,14 +24,15 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.redact import REDACTED, SECRET_FIELD_WORDS, is_secret_field
+from proxy.redact import REDACTED, SECRET_FIELD_WORDS, SECRET_QUERY_NAMES, is_secret_field
 
 SUMMARY_BYTES = 4096
 _WORDS = "|".join(re.escape(w) for w in SECRET_FIELD_WORDS)
+_EXACT = "|".join(re.escape(w) for w in sorted(SECRET_QUERY_NAMES))
 # A secret-named field in text: JSON ("password": "x") or form/query (password=x).
 _TEXT_FIELD = re.compile(
-    rf'(?i)("[^"]*(?:{_WORDS})[^"]*"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}}\]\s]+)'
-    rf'|(\b[\w.-]*(?:{_WORDS})[\w.-]*=)([^&\s]*)')
+    rf'(?i)("(?:[^"]*(?:{_WORDS})[^"]*|{_EXACT})"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}}\]\s]+)'
+    rf'|((?:^|(?<=[&?;\s]))(?:[\w.-]*(?:{_WORDS})[\w.-]*|{_EXACT})=)([^&\s]*)')
 
 
 def secret_name(name: str, extra: Iterable[str] = ()) -> bool:

@@ -46,7 +46,7 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variabl
 def share_between_processes(folder: str) -> None:
     """Count into files under ``folder`` from now on, in this process and its children."""
     os.environ[MULTIPROCESS_DIR] = folder
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -76,6 +76,9 @@ class Metrics:
                                     ["direction"], registry=r)
         self.notify_failures = Counter("hitl_notify_failures", "Webhook notifications that failed",
                                        ["format"], registry=r)
+        self.notify_errors = Counter("hitl_notify_errors", "Failed calls to a notification channel's API"
+                                     " (Slack's Web API), each retried in the background",
+                                     ["channel"], registry=r)
         self.policy_reloads = Counter("hitl_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
         self.shadow = Counter("hitl_shadow", "Holds and denies let through in shadow mode, by would-be "
@@ -105,7 +108,7 @@ class Metrics:
         if self._shared is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self._shared)
+        MultiProcessCollector(registry, path=self._shared)  # type: ignore[no-untyped-call]
         registry.register(self._build)
         return generate_latest(registry)
 

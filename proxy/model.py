@@ -92,9 +92,11 @@ class AgentRequest:
     scheme: str
     host: str
     port: int
-    target: str  # path and query, as sent: "/v1/charges?expand=customer"
+    target: str  # normalized path and query as sent: "/v1/charges?expand=customer"
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
+    # The path as the agent spelled it, before normalization (urlnorm.py); "" = same as path.
+    raw_path: str = ""
 
     def __post_init__(self) -> None:
         if self.scheme not in DEFAULT_PORTS:
@@ -135,11 +137,15 @@ class AgentRequest:
     def body_digest(self) -> str:
         return hashlib.sha256(self.body).hexdigest()
 
-    def fingerprint(self, agent_id: str) -> str:
-        """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest."""
+    def fingerprint(self, agent_id: str, content_key: str | None = None) -> str:
+        """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest,
+        and so does ``content_key``, the identity of an MCP call (``mcp.Message.content_key``)."""
         key = self.header("idempotency-key")
-        tail = f"key:{key}" if key is not None else f"body:{self.body_digest()}"
-        raw = "\n".join((agent_id, self.method, self.url, tail))
+        if key is not None:
+            tail = f"key:{key}"
+        else:
+            tail = f"mcp:{content_key}" if content_key is not None else f"body:{self.body_digest()}"
+        raw = f"{agent_id}\n{self.method}\n{self.url}\n{tail}"
         return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
     def content_digest(self) -> str:

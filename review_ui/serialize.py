@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy import mcp
 from proxy.model import Reviewer
 from proxy.redact import redact_headers, redact_url
 from proxy.store.records import AuditRecord, Grant, HoldRecord, rfc3339
@@ -73,6 +74,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "response_status": rec.response_status,
         "failure_reason": rec.failure_reason,
         "edited": rec.edit_body is not None or bool(rec.edit_headers),
+        "mcp": _tool_calls(req.body),  # the MCP tool calls in the body, or null
     }
     if out["edited"]:
         fwd = rec.forward_request()
@@ -83,10 +85,18 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
             edit_size = rec.edit_body_size
         edit_text, edit_truncated = _text(fwd.body, limit, edit_size)
         out["edit"] = {"headers": redact_headers(fwd.headers, secret_headers), "body_text": edit_text,
-                       "body_truncated": edit_truncated, "body_size": edit_size}
+                       "body_truncated": edit_truncated, "body_size": edit_size,
+                       "mcp": _tool_calls(fwd.body)}
     if viewer is not None:
         out["can_decide"] = may_decide(viewer, rec)
     return out
+
+
+def _tool_calls(body: bytes) -> dict[str, Any] | None:
+    return mcp.summary(body) if len(body) <= MCP_SUMMARY_LIMIT else None
+
+
+MCP_SUMMARY_LIMIT = 1024 * 1024  # bodies above this are not read for tool calls
 
 
 def grant_json(grant: Grant, now: float) -> dict[str, Any]:

@@ -342,7 +342,7 @@ def test_many_large_holds_keep_the_queue_small_and_the_raw_body_downloadable(
     queue = _ui_page(h, "/queue.json")
     assert len(queue) < count * 8 * 1024, len(queue)
     # The store hands the queue a prefix of each body, not the body.
-    items, _ = h.call(h.runtime.store.list(statuses=["pending"], limit=500))
+    items, _ = h.call(h.runtime.store.list_requests(statuses=["pending"], limit=500))
     assert len(items) == count and all(len(rec.request.body) <= 4100 for rec in items)
     assert upstream.received == []
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
+from proxy.cli.policy_reload import PolicyReloader
 from proxy.cli.workers import WorkerError, WorkerPool, become_worker, metrics_folder, signal_ready
 from proxy.config import ReviewSettings, Settings
 from proxy.credentials import admin_token_path, new_token
@@ -33,9 +34,9 @@ from proxy.netguard import AddressPolicy
 from proxy.notify import Notifier
 from proxy.policy.embedded import EmbeddedEngine
 from proxy.policy.engine import PolicyEngine
-from proxy.policy.reload import PolicyReloader
 from proxy.server import ConnectHandler as ConnectHandlerFn
 from proxy.server import ListenError, ProxyServer
+from proxy.slack import SlackChannel
 from proxy.store import open_store
 from proxy.upstream import Upstream
 from review_ui.app import create_app
@@ -92,6 +93,7 @@ class Runtime:
     _reloader: PolicyReloader | None = None
     _workers: WorkerPool | None = None
     _metrics_dir: str | None = None
+    slack: SlackChannel | None = None  # review.slack, in the process serving the review app
 
     async def start(self) -> None:
         s = self.settings
@@ -126,7 +128,11 @@ class Runtime:
                 app = create_app(self.gate, ReviewerAuth(s.review.tokens, None), self.readiness, ops_only=True)
             else:
                 auth = ReviewerAuth(s.review.tokens, self._admin_token())
-                app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token)
+                if s.review.slack is not None and primary:  # one poster per deployment (proxy/slack.py)
+                    self.slack = SlackChannel(s, self.store, self.metrics, self.gate.clock)
+                    self._tasks.append(self.slack.start(self.gate.events))
+                app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token,
+                                 slack=self.slack)
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                     proxy_headers=False, server_header=False, date_header=False)
             self._uvicorn = _EmbeddedUvicorn(config)
@@ -204,7 +210,9 @@ class Runtime:
             store_ok = True
         except (StoreError, TimeoutError):
             store_ok = False
-        return {"store": store_ok, "policy": self.gate.policy is not None,
+        # The policy needs no check: the start fails without one, and a failed reload keeps
+        # the one in force. The review listener answers before the proxy's is up.
+        return {"store": store_ok,
                 "listeners": (self.proxy_address is not None or self.role == "review")
                 and (self.review_address is not None or self.role == "proxy")}
 
@@ -279,8 +287,7 @@ async def serve(settings: Settings, role: str = "all", worker_of: int | None = N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if hasattr(runtime, "reload_policy"):
-        loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)  # type: ignore[attr-defined]
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     await stop.wait()
     print("hitl-proxy: shutting down", file=sys.stderr, flush=True)
     await runtime.stop()

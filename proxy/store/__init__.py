@@ -42,8 +42,9 @@ class AsyncStore:
     async def create(self, rec: HoldRecord) -> HoldRecord:
         return await self._run(self.backend.create, rec)
 
-    async def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
-        return await self._run(self.backend.create_or_attach, rec, replay_window)
+    async def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                               max_pending: int | None = None) -> tuple[HoldRecord, bool]:
+        return await self._run(self.backend.create_or_attach, rec, replay_window, max_pending)
 
     async def get(self, request_id: str) -> HoldRecord | None:
         return await self._run(self.backend.get, request_id)
@@ -60,8 +61,8 @@ class AsyncStore:
     async def count_by_status(self) -> dict[str, int]:
         return await self._run(self.backend.count_by_status)
 
-    async def list(self, **filters: Any) -> tuple[list[HoldRecord], str | None]:
-        return await self._run(self.backend.list, **filters)
+    async def list_requests(self, **filters: Any) -> tuple[list[HoldRecord], str | None]:
+        return await self._run(self.backend.list_requests, **filters)
 
     async def decide(self, request_id: str, reviewer: str, verdict: str, comment: str, now: float,
                      **kwargs: Any) -> HoldRecord:
@@ -89,9 +90,6 @@ class AsyncStore:
     async def recover(self, now: float, owner: str | None = None) -> list[HoldRecord]:
         return await self._run(self.backend.recover, now, owner)
 
-    async def next_deadline(self) -> float | None:
-        return await self._run(self.backend.next_deadline)
-
     async def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
                         request_id: str | None, now: float, **scope: Any) -> Grant:
         return await self._run(self.backend.add_grant, agent, method, host, path, minutes, by,
@@ -108,6 +106,21 @@ class AsyncStore:
 
     async def revoke_grant(self, grant_id: str, by: str, now: float) -> Grant:
         return await self._run(self.backend.revoke_grant, grant_id, by, now)
+
+    async def slack_claim(self, request_id: str) -> bool:
+        return await self._run(self.backend.slack_claim, request_id)
+
+    async def slack_release(self, request_id: str) -> None:
+        await self._run(self.backend.slack_release, request_id)
+
+    async def slack_posted(self, request_id: str, channel: str, ts: str, shown: str) -> None:
+        await self._run(self.backend.slack_posted, request_id, channel, ts, shown)
+
+    async def slack_shown(self, request_id: str, shown: str) -> None:
+        await self._run(self.backend.slack_shown, request_id, shown)
+
+    async def slack_unsynced(self, now: float, limit: int = 200) -> tuple[str, ...]:
+        return await self._run(self.backend.slack_unsynced, now, limit)
 
     async def audit_append(self, now: float, event: str, request_id: str | None, actor: str,
                            detail: dict[str, Any]) -> None:

@@ -69,7 +69,10 @@ class HoldRecord:
     response_status: int | None = None
     forwarded_at: float | None = None
     failure_reason: str | None = None
-    # Set on the summaries a listing reads (``SqlBackend.list``): ``request.body`` and
+    slack_channel: str | None = None  # the Slack message of this record (review.slack)
+    slack_ts: str | None = None  # None: not posted; "": being posted (or the post was lost)
+    slack_shown: str | None = None  # the state the message last showed
+    # Set on the summaries a listing reads (``SqlBackend.list_requests``): ``request.body`` and
     # ``edit_body`` then hold only a prefix, and these say what the whole was.
     body_size: int | None = None
     edit_body_size: int | None = None

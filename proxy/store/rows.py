@@ -18,6 +18,9 @@ REQUEST_COLUMNS: dict[str, type] = {
     "edit_body": bytes, "edit_headers": str, "approved_digest": str, "decided_at": float,
     "response_status": int, "response_headers": str, "response_body": bytes,
     "response_reason": str, "forwarded_at": float, "failure_reason": str,
+    # The Slack message announcing the record (review.slack): its channel and ts once posted
+    # ("" while a process is posting it), and the state the message last showed.
+    "slack_channel": str, "slack_ts": str, "slack_shown": str,
     "digest": str,  # the content digest of what would be forwarded now (request + edits)
 }
 # Who forwards a record in `forwarding` (sql.py, Rule 6), and when each forwarder was last seen.
@@ -63,13 +66,13 @@ def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
     response = None
     if row["response_status"] is not None and row["response_body"] is not None:
         response = UpstreamResponse(row["response_status"],
-                                    tuple(tuple(h) for h in json.loads(row["response_headers"])),  # type: ignore[misc]
+                                    tuple(tuple(h) for h in json.loads(row["response_headers"])),
                                     bytes(row["response_body"]), row["response_reason"] or "")
     return HoldRecord(
         id=row["id"], status=HoldStatus(row["status"]), fingerprint=row["fingerprint"],
         agent=row["agent"], agent_address=row["agent_address"] or "",
         request=AgentRequest(row["method"], row["scheme"], row["host"], row["port"], row["target"],
-                             tuple(tuple(h) for h in json.loads(row["headers"])),  # type: ignore[misc]
+                             tuple(tuple(h) for h in json.loads(row["headers"])),
                              bytes(row["body"] or b"")),
         message=row["message"] or "", rule=row["rule"] or "default",
         reviewers=tuple(json.loads(row["reviewers"] or "[]")),
@@ -78,10 +81,12 @@ def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
         deadline=row["deadline"], updated_at=row["updated_at"],
         decisions=decisions, comments=comments,
         edit_body=None if row["edit_body"] is None else bytes(row["edit_body"]),
-        edit_headers=tuple(tuple(h) for h in json.loads(row["edit_headers"])) if row["edit_headers"] else (),  # type: ignore[misc]
+        edit_headers=tuple(tuple(h) for h in json.loads(row["edit_headers"])) if row["edit_headers"] else (),
         approved_digest=row["approved_digest"], decided_at=row["decided_at"],
         response=response, response_status=row["response_status"],
         forwarded_at=row["forwarded_at"], failure_reason=row["failure_reason"],
+        slack_channel=row.get("slack_channel"), slack_ts=row.get("slack_ts"),
+        slack_shown=row.get("slack_shown"),
         body_size=row.get("body_size"), edit_body_size=row.get("edit_body_size"),
         stored_digest=row.get("digest"),
     )

@@ -39,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from proxy import mcp
 from proxy.config_types import store_busy_timeout
 from proxy.errors import (
     BadRequest,
@@ -47,6 +48,7 @@ from proxy.errors import (
     InvalidTransition,
     NotFound,
     StoreError,
+    TooManyPending,
 )
 from proxy.model import AgentRequest, HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import REDACTED, Redactor, redact_url
@@ -173,7 +175,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def audit_list(self, *, after: int = 0, limit: int = 100,
                    request_id: str | None = None) -> list[AuditRecord]:
-        sql, params = "SELECT * FROM audit WHERE seq > ?", [after]
+        sql = "SELECT * FROM audit WHERE seq > ?"
+        params: list[Any] = [after]
         if request_id:
             sql += " AND request_id = ?"
             params.append(request_id)
@@ -204,14 +207,20 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._insert(rec)
         return rec
 
-    def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+    def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                         max_pending: int | None = None) -> tuple[HoldRecord, bool]:
         """Rule 3 made atomic: the lookup by fingerprint and the insert share one write
         transaction, so identical requests arriving together make one review item.
-        Returns (record, created)."""
+        ``max_pending`` (``hold.max_pending_per_agent``) is counted in that same
+        transaction: with writers serialized (Rule 2), concurrent holds of one agent can
+        never pass it together. Returns (record, created); TooManyPending past the limit."""
         with self._tx():
             found = self.find_by_fingerprint(rec.fingerprint, rec.created_at, replay_window)
             if found is not None:
                 return found, False
+            if max_pending is not None and self.count_pending(rec.agent) >= max_pending:
+                raise TooManyPending(f"{rec.agent} already has {max_pending} requests waiting for "
+                                     "review; wait for decisions before sending more")
             self._insert(rec)
         return rec, True
 
@@ -233,6 +242,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             "method": req.method, "url": redact_url(req.url), "rule": rec.rule, "message": rec.message,
             "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
             "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
+            **_tool(req.body),
         })
 
     def get(self, request_id: str) -> HoldRecord | None:
@@ -269,11 +279,12 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         return {r["status"]: int(r["n"])
                 for r in self._q("SELECT status, count(*) AS n FROM requests GROUP BY status")}
 
-    def list(self, *, statuses: list[str] | None = None, agent: str | None = None,
+    def list_requests(self, *, statuses: list[str] | None = None, agent: str | None = None,
              host: str | None = None, text: str | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[HoldRecord], str | None]:
         """Summaries, newest first: each body is a prefix (``HoldRecord.is_summary``)."""
-        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(statuses)
@@ -324,7 +335,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             if seen_digest is not None and seen_digest != current:
                 raise DigestMismatch(request_id, current)
             if verdict == "approve" and reviewer in rec.approved_by:
-                raise InvalidTransition(request_id, f"already approved by {reviewer}", wanted.value)
+                raise InvalidTransition(request_id, rec.status.value, wanted.value,
+                                        f"{reviewer} has already approved this content")
             if edit_body is not None or edit_headers:
                 merged = dict(rec.edit_headers)
                 for name, value in edit_headers:
@@ -349,17 +361,18 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 "INSERT INTO decisions (request_id, reviewer, verdict, comment, at, digest) VALUES (?,?,?,?,?,?)",
                 (request_id, reviewer, verdict, comment, now, digest),
             )
+            tool = _tool(rec.request.body)  # an MCP tool call: its tool, in every decision event
             self._audit(now, verdict, request_id, reviewer,
-                        {"comment": comment, "digest": digest, **(audit_detail or {})})
+                        {"comment": comment, "digest": digest, **tool, **(audit_detail or {})})
             if verdict == "reject":
                 self._move(rec, HoldStatus.REJECTED, now, "decided_at = ?", (now,))
                 self._scrub(request_id)
-                self._audit(now, "rejected", request_id, reviewer, {})
+                self._audit(now, "rejected", request_id, reviewer, tool)
             elif completes:
                 deadline = max(rec.deadline, approval_deadline or rec.deadline)
                 self._move(rec, HoldStatus.APPROVED, now,
                            "decided_at = ?, approved_digest = ?, deadline = ?", (now, digest, deadline))
-                self._audit(now, "approved", request_id, reviewer, {"approved_by": approvers, "digest": digest})
+                self._audit(now, "approved", request_id, reviewer, {"approved_by": approvers, "digest": digest, **tool})
                 if grant_minutes is not None:
                     req = rec.request
                     self._insert_grant(Grant(
@@ -416,11 +429,13 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def fail(self, request_id: str, reason: str, now: float) -> HoldRecord:
         with self._tx():
-            rec = self._must_get(request_id)
-            self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
-            self._scrub(request_id)
-            self._audit(now, "failed", request_id, "proxy", {"reason": reason})
+            self._fail(self._must_get(request_id), reason, now)
         return self._must_get(request_id)
+
+    def _fail(self, rec: HoldRecord, reason: str, now: float) -> None:
+        self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
+        self._scrub(rec.id)
+        self._audit(now, "failed", rec.id, "proxy", {"reason": reason})
 
     def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
         """Apply deadlines: pending → expired (or → approved when on_timeout is allow), and
@@ -456,22 +471,32 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 lease: float = FORWARDER_LEASE) -> list[HoldRecord]:
         """Records caught mid-forward by a process that is gone (Rule 6) are failed/
         interrupted, never re-sent: we cannot know whether the upstream acted on them (at
-        most once). ``owner``'s own forwards are never touched."""
-        rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
-                       " LEFT JOIN claims c ON c.request_id = r.id"
-                       " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
-        gone = [r["id"] for r in rows
-                if r["owner"] is None  # claimed without an owner: no one can still be at it
-                or (r["owner"] != owner
-                    and (r["seen"] is None or r["seen"] < now - lease or owner_gone(r["owner"])))]
-        if rows:
-            with self._tx():  # forwarders not seen for a day are long gone
-                self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
-        return [self.fail(i, "interrupted", now) for i in gone]
+        most once). ``owner``'s own forwards are never touched.
 
-    def next_deadline(self) -> float | None:
-        return self._scalar(  # type: ignore[no-any-return]
-            "SELECT min(deadline) AS d FROM requests WHERE status IN ('pending','approved')")
+        One transaction reads and fails them, so no record can move in between (its forwarder
+        completing it meanwhile); a record the read finds in another state is left alone."""
+        # A read first: this runs every few seconds and must not take the write lock when no
+        # record is being forwarded.
+        if not self._q("SELECT 1 AS busy FROM requests WHERE status='forwarding' LIMIT 1"):
+            return []
+        failed: list[str] = []
+        with self._tx():
+            rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
+                           " LEFT JOIN claims c ON c.request_id = r.id"
+                           " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
+            for r in rows:
+                if not (r["owner"] is None  # claimed without an owner: no one can still be at it
+                        or (r["owner"] != owner and (r["seen"] is None or r["seen"] < now - lease
+                                                     or owner_gone(r["owner"])))):
+                    continue
+                rec = self.get(r["id"])
+                if rec is None or rec.status is not HoldStatus.FORWARDING:
+                    continue
+                self._fail(rec, "interrupted", now)
+                failed.append(rec.id)
+            # forwarders not seen for a day are long gone
+            self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
+        return [self._must_get(i) for i in failed]
 
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:
@@ -483,7 +508,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             (wanted.value, now, *extra_params, rec.id, rec.status.value),
         )
         if moved != 1:
-            raise InvalidTransition(rec.id, "changed concurrently", wanted.value)
+            now_status = self._scalar("SELECT status FROM requests WHERE id=?", (rec.id,))
+            raise InvalidTransition(rec.id, str(now_status), wanted.value, "it changed concurrently")
 
     def _scrub(self, request_id: str) -> None:
         row = self._q("SELECT headers, edit_headers FROM requests WHERE id=?", (request_id,))[0]
@@ -507,6 +533,37 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             for c in self._q("SELECT * FROM comments WHERE request_id=? ORDER BY at, rowid", (rid,))
         )
         return hold_from_row(row, decisions, comments)
+
+    # -- Slack messages (review.slack) ---------------------------------------------------
+    def slack_claim(self, request_id: str) -> bool:
+        """Take the right to post this record's Slack message: True once, for one caller of
+        all the processes sharing the store, so a message is never posted twice."""
+        with self._tx():
+            return self._exec("UPDATE requests SET slack_ts='' WHERE id=? AND slack_ts IS NULL",
+                              (request_id,)) == 1
+
+    def slack_release(self, request_id: str) -> None:
+        """Give the claim back after a post that failed, for a later attempt."""
+        with self._tx():
+            self._exec("UPDATE requests SET slack_ts=NULL WHERE id=? AND slack_ts=''", (request_id,))
+
+    def slack_posted(self, request_id: str, channel: str, ts: str, shown: str) -> None:
+        with self._tx():
+            self._exec("UPDATE requests SET slack_channel=?, slack_ts=?, slack_shown=? WHERE id=?",
+                       (channel, ts, shown, request_id))
+
+    def slack_shown(self, request_id: str, shown: str) -> None:
+        with self._tx():
+            self._exec("UPDATE requests SET slack_shown=? WHERE id=?", (shown, request_id))
+
+    def slack_unsynced(self, now: float, limit: int = 200) -> tuple[str, ...]:
+        """Records whose Slack message is missing (pending, never posted) or shows another
+        status than the record has: what a process catches up on after a restart."""
+        rows = self._q(
+            "SELECT id FROM requests WHERE (slack_ts IS NULL AND status='pending' AND deadline > ?)"
+            " OR (slack_ts IS NOT NULL AND slack_ts <> '' AND (slack_shown IS NULL OR slack_shown <> status))"
+            " ORDER BY id LIMIT ?", (now, limit))
+        return tuple(r["id"] for r in rows)
 
     # -- grants --------------------------------------------------------------------------
     def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
@@ -565,3 +622,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._audit(now, "revoke_grant", None, by, {"grant_id": grant_id})
         return grant_from_row(self._q("SELECT * FROM grants WHERE id=?", (grant_id,))[0])
 
+
+def _tool(body: bytes) -> dict[str, str]:
+    """``{"tool": "send_email"}`` for an MCP tool call (a batch: its tools, comma-separated)."""
+    calls = mcp.summary(body) if len(body) <= 1024 * 1024 else None
+    return {"tool": ", ".join(calls["tools"])} if calls and calls["tools"] else {}
