@@ -336,7 +336,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 raise DigestMismatch(request_id, current)
             if verdict == "approve" and reviewer in rec.approved_by:
                 raise InvalidTransition(request_id, rec.status.value, wanted.value,
-                                        f"{reviewer} has already approved this content")
+                                        f"{reviewer} has already decided it (approved this very content)")
             if edit_body is not None or edit_headers:
                 merged = dict(rec.edit_headers)
                 for name, value in edit_headers:
