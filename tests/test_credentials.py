@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from proxy.credentials import VerifiedCache, hash_secret, is_minted, new_token, token_hash
-from tests.conftest import HITL, Hitl, Upstream
+from tests.conftest import HITL, Upstream
 
 
 def new_token_lines(name: str, *extra: str) -> tuple[str, dict[str, Any]]:
