@@ -147,7 +147,9 @@ class Gate:
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         shadowed = self.shadowed(decision, agent, req.method, req.host, req.port, req.path, request_id, now)
-        self.recorder.judged(doc, decision, now, shadowed)
+        # An MCP message is judged per call (input.mcp); the log keeps every call's, for replay.
+        self.recorder.judged(doc if rpc is None else {**doc, "mcp_calls": rpc.policy_inputs()},
+                             decision, now, shadowed)
         if shadowed:
             decision = replace(decision, action=Action.ALLOW)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
