@@ -126,7 +126,9 @@ class EmbeddedEngine:
         engine's one thread, so the event loop serves other connections meanwhile (a small
         input never waits on the loop for a large one to finish)."""
         request = input.get("request")
-        size = request.get("body_size", 0) if isinstance(request, dict) else 0
+        size = 0  # of the body handed over: a truncated one is not (input.py)
+        if isinstance(request, dict) and not request.get("body_truncated"):
+            size = request.get("body_size", 0)
         if size <= INLINE_BODY_BYTES and self._lock.acquire(blocking=False):
             try:
                 return self._evaluate_locked(entrypoint, prune(input, self._refs))
