@@ -116,6 +116,7 @@ class HoldSettings:
     timeout: float = 15 * 60.0
     on_timeout: str = "deny"
     client_wait: float = 55.0
+    retry_after: float = 30.0
     replay_window: float = 10 * 60.0
     max_pending_per_agent: int = 100
 
@@ -275,9 +276,14 @@ SETTINGS: tuple[Setting, ...] = (
             "What a passed deadline means: deny | allow.",
             _choice("deny", "allow", cast=OnTimeout)),
     Setting("hold.client_wait", "55s",
-            "How long the agent's connection is held open.", _duration),
+            "How long the agent's connection is held open (under Stripe's 80 s client timeout).",
+            _duration),
+    Setting("hold.retry_after", "30s",
+            "Retry-After of approval_pending: OpenAI and Anthropic SDKs wait this, then retry.",
+            _duration),
     Setting("hold.replay_window", "10m",
-            "How long a forwarded response is kept for identical retries.", _duration),
+            "How long a forwarded response, or a rejection, is repeated to identical retries.",
+            _duration),
     Setting("hold.max_pending_per_agent", 100,
             "Beyond it, new holds get 429 too_many_pending.",
             _plain(lambda v, k: parse_int(v, k, minimum=1))),

@@ -227,11 +227,13 @@ class SqlBackend:
 
     def find_by_fingerprint(self, fingerprint: str, now: float, replay_window: float) -> HoldRecord | None:
         """The record a new request with this fingerprint attaches to: a live one (pending,
-        approved, forwarding), or one forwarded within the replay window."""
+        approved, forwarding), one forwarded within the replay window (its response is
+        replayed), or one rejected within it (the refusal is repeated, not re-queued)."""
         rows = self._q(
             "SELECT * FROM requests WHERE fingerprint = ? AND (status IN ('pending','approved','forwarding')"
-            " OR (status = 'forwarded' AND forwarded_at >= ?)) ORDER BY id DESC LIMIT 1",
-            (fingerprint, now - replay_window),
+            " OR (status = 'forwarded' AND forwarded_at >= ?) OR (status = 'rejected' AND decided_at >= ?))"
+            " ORDER BY id DESC LIMIT 1",
+            (fingerprint, now - replay_window, now - replay_window),
         )
         return self._hydrate(rows[0]) if rows else None
 
