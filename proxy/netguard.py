@@ -45,19 +45,48 @@ _BLOCKED: tuple[tuple[BlockReason, tuple[Network, ...]], ...] = (
     (BlockReason.UNIQUE_LOCAL, _nets("fc00::/7")),
     (BlockReason.MULTICAST, _nets("224.0.0.0/4", "ff00::/8")),
     # 240/4 incl. broadcast, benchmarking 198.18/15, IETF protocol assignments 192.0.0/24,
-    # site-local fec0::/10 (deprecated, still routed privately in places).
-    (BlockReason.RESERVED, _nets("240.0.0.0/4", "198.18.0.0/15", "192.0.0.0/24", "fec0::/10")),
+    # the documentation nets (never routed publicly: only a local network answers there),
+    # site-local fec0::/10 (deprecated, still routed privately in places), discard-only
+    # 100::/64, and the local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215): its translator may
+    # embed the IPv4 at any RFC 6052 offset (/48 ... /96), so the proxy cannot tell which
+    # IPv4 an address in it reaches; an operator who runs one opens it with allow_networks.
+    (BlockReason.RESERVED, _nets("240.0.0.0/4", "198.18.0.0/15", "192.0.0.0/24", "192.0.2.0/24",
+                                 "198.51.100.0/24", "203.0.113.0/24", "fec0::/10", "100::/64",
+                                 "2001:db8::/32", "64:ff9b:1::/48")),
 )
+
+_NAT64 = 0x0064_FF9B_0000_0000_0000_0000  # 64:ff9b::/96 (RFC 6052 well-known prefix), >> 32
+_TRANSLATED = 0xFFFF_0000  # ::ffff:0:0/96 (IPv4-translated, RFC 2765), >> 32
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 transition form delivers to, or None for a plain IPv6.
+
+    Each of these forms ends at an IPv4 host (through a translator, a relay or the dual
+    stack itself), so that host is what the guard judges: ``64:ff9b::a9fe:a9fe`` is the
+    cloud metadata service wherever a NAT64 gateway exists.
+    """
+    value = int(ip)
+    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d, the dual-stack socket's own form
+        return ip.ipv4_mapped
+    high = value >> 32
+    if high in (_NAT64, _TRANSLATED) or (high == 0 and value > 1):
+        # NAT64 well-known prefix, IPv4-translated, IPv4-compatible ::a.b.c.d (deprecated,
+        # some stacks still route it); "::" and "::1" are themselves, not 0.0.0.0/0.0.0.1.
+        return ipaddress.IPv4Address(value & 0xFFFF_FFFF)
+    if ip.sixtofour is not None:  # 2002:AABB:CCDD::/48 is relayed to AA.BB.CC.DD
+        return ip.sixtofour
+    if ip.teredo is not None:  # 2001:0:SERVER:FLAGS:PORT:CLIENT, the client bit-inverted
+        return ip.teredo[1]
+    return None
 
 
 def _unwrap(ip: IPAddress) -> IPAddress:
-    """IPv4-mapped (::ffff:a.b.c.d) and NAT64-less 6to4 forms are judged as the IPv4 inside."""
+    """The address the guard judges: the embedded IPv4 of a transition form, else itself."""
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        # IPv4-compatible ::a.b.c.d (deprecated, but some stacks still route it)
-        if int(ip) >> 32 == 0 and int(ip) > 1:
-            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return inner
     return ip
 
 
@@ -88,9 +117,11 @@ class AddressPolicy:
         reason = classify(addr)
         if reason is None:
             return None
-        unwrapped = _unwrap(addr)
-        if any(unwrapped in net for net in self.allow if net.version == unwrapped.version):
-            return None
+        # An exception may name the embedded IPv4 (10.1.0.0/16 also opens ::ffff:10.1.0.1
+        # and 64:ff9b::a01:1) or the IPv6 form itself (64:ff9b:1::/48 for a local NAT64).
+        for candidate in {addr, _unwrap(addr)}:
+            if any(candidate in net for net in self.allow if net.version == candidate.version):
+                return None
         return reason
 
     def _is_own_listener(self, addr: IPAddress, port: int) -> bool:
