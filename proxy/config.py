@@ -76,6 +76,7 @@ __all__ = [
 class ProxySettings:
     listen: HostPort = HostPort("127.0.0.1", 8080)
     workers: int = 1
+    shutdown_grace: float = 10.0
     intercept_tls: bool = True
     ca_dir: Path = Path("hitl-data/ca")
     upstream_ca_bundle: Path | None = None
@@ -219,6 +220,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("proxy.workers", 1,
             "Processes serving proxy.listen (one core each); 1 = this process only.",
             _plain(lambda v, k: parse_int(v, k, minimum=1, maximum=64))),
+    Setting("proxy.shutdown_grace", "10s",
+            "On SIGTERM: answer waiting agents approval_pending, let forwards finish this long, exit.",
+            _duration),
     _flag("proxy.intercept_tls", True,
           "Intercept CONNECT to hosts that policy may hold, with the local CA."),
     Setting("proxy.ca_dir", "./hitl-data/ca",

@@ -119,6 +119,7 @@ class Gate:
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
         self._forwards: dict[str, asyncio.Task[Reply]] = {}
+        self.stopping = False  # set by begin_shutdown: waiters answer approval_pending now
 
     # -- the data plane's entry ----------------------------------------------------------
     async def judge(self, req: AgentRequest, agent: Agent, request_id: str) -> Decision:
@@ -256,6 +257,8 @@ class Gate:
                                         f"{rec.failure_reason}. It is not sent again automatically.",
                                         request_id=request_id)
                 # pending, or forwarding by someone else
+                if self.stopping and status is HoldStatus.PENDING:
+                    raise self.pending(rec)  # the hold stays in the store for the retry
                 remaining = wait_until - self.clock()
                 if status is HoldStatus.FORWARDING:
                     remaining += self.settings.proxy.upstream_timeout
@@ -338,6 +341,19 @@ class Gate:
         if replayed:
             exc.headers.append(("X-HITL-Replayed", "true"))
         return exc
+
+    def begin_shutdown(self) -> None:
+        """Stop holding agents: each one waiting on a pending hold is answered approval_pending
+        at once (DESIGN §6); the holds stay in the store. Forwards in flight go on."""
+        self.stopping = True
+        for event in self._wakeups.values():
+            event.set()
+        self._wakeups.clear()
+
+    async def finish_forwards(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the forwards of approved holds in flight."""
+        if self._forwards:
+            await asyncio.wait(list(self._forwards.values()), timeout=timeout)
 
     async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
         event = self._wakeups.setdefault(request_id, asyncio.Event())

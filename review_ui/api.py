@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from proxy.errors import BadRequest, GateError, InvalidTransition, NotFound, StoreError
+from proxy.events import CLOSED
 from proxy.gate import Gate
 from proxy.model import Reviewer, Verdict
 from review_ui.auth import ReviewerAuth
@@ -209,6 +210,8 @@ class ReviewAPI:
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    if event is CLOSED:  # the process is stopping
+                        return
                     yield f"event: {event.get('type', 'changed')}\ndata: {json.dumps(event)}\n\n"
             finally:
                 self.gate.events.unsubscribe(queue)
