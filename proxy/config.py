@@ -105,6 +105,9 @@ class PolicySettings:
     paths: tuple[Path, ...] = (Path("policies"),)
     query: str = "data.hitl.decision"
     opa_url: str = "http://127.0.0.1:8181"
+    shadow: bool = False
+    decision_log: int = 100_000
+    decision_log_allowed: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,12 @@ def _hostport(value: Any, key: str, base: Path) -> HostPort:
 
 
 _duration = _plain(parse_duration)
+
+
+def _fraction(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(key, f"{show(value)} is not a fraction (expected 0 to 1, e.g. 0.1)")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +279,14 @@ SETTINGS: tuple[Setting, ...] = (
             "The rule that answers the decision.", _plain(parse_rego_ref)),
     Setting("policy.opa_url", "http://127.0.0.1:8181",
             "The OPA server, when engine is opa.", _url),
+    _flag("policy.shadow", False,
+          "Shadow every decision: record what would be held or denied, but allow (rollout)."),
+    Setting("policy.decision_log", 100000,
+            "Judged requests kept (redacted, newest) for `hitl-proxy policy replay`; 0 = none.",
+            _plain(lambda v, k: parse_int(v, k, minimum=0, maximum=10_000_000))),
+    Setting("policy.decision_log_allowed", 1.0,
+            "Share of allowed requests written to the decision log (holds, denies: all).",
+            _plain(_fraction)),
     Setting("store.url", "sqlite:///./hitl-data/hitl.db",
             "sqlite:///relative/file.db, sqlite:////absolute/file.db or"
             " postgresql://user@host:5432/db?schema=NAME (created on first open).",

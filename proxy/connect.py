@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import h11
@@ -118,6 +119,8 @@ class ConnectHandler:
                               request_id=request_id) from exc
         finally:
             self.gate.metrics.policy_eval.observe(time.perf_counter() - started)
+        if self.gate.shadowed(decision, agent, "CONNECT", host, port, "", request_id, self.gate.clock()):
+            decision = replace(decision, action=Action.ALLOW)  # recorded as would-be; let through
         self.gate.metrics.requests.labels(decision.action.value, decision.rule).inc()
         note(agent=agent.id, action=decision.action.value, rule=decision.rule)  # the access line
         if decision.action is Action.DENY:

@@ -24,10 +24,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.config import Settings
+from proxy.decision_log import DecisionRecorder, ShadowEvent
 from proxy.errors import (
     ApprovalPending,
     ApprovalTimedOut,
@@ -120,12 +121,18 @@ class Gate:
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
         self._forwards: dict[str, asyncio.Task[Reply]] = {}
         self.stopping = False  # set by begin_shutdown: waiters answer approval_pending now
+        p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
+        self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
+                                         secret_headers=self._secret_headers,
+                                         on_drop=self.metrics.decision_log_dropped.inc)
 
     # -- the data plane's entry ----------------------------------------------------------
     async def judge(self, req: AgentRequest, agent: Agent, request_id: str) -> Decision:
         started = time.perf_counter()
+        now = self.clock()
         try:
-            decision = await self.policy.decide(build_input(req, agent, self.clock(), self._secret_headers))
+            doc = build_input(req, agent, now, self._secret_headers)
+            decision = await self.policy.decide(doc)
         except PolicyError as exc:
             self.metrics.requests.labels("error", "policy_error").inc()
             note(agent=agent.id, host=req.authority, path=req.path, action="error", rule="policy_error")
@@ -135,9 +142,25 @@ class Gate:
                               "fixes the policy.", request_id=request_id) from exc
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
+        shadowed = self.shadowed(decision, agent, req.method, req.host, req.port, req.path, request_id, now)
+        self.recorder.judged(doc, decision, now, shadowed)
+        if shadowed:
+            decision = replace(decision, action=Action.ALLOW)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
         note(agent=agent.id, host=req.authority, path=req.path, action=decision.action.value, rule=decision.rule)
         return decision
+
+    def shadowed(self, decision: Decision, agent: Agent, method: str, host: str, port: int, path: str,
+                 request_id: str, now: float) -> bool:
+        """True when this hold or deny is in shadow (the decision's ``shadow``, or
+        ``policy.shadow``): it is recorded, and the caller lets the request through. Only a
+        judged decision can be shadowed; a policy error never reaches here (fail closed)."""
+        if decision.action is Action.ALLOW or not (decision.shadow or self.settings.policy.shadow):
+            return False
+        self.metrics.shadow.labels(decision.action.value, decision.rule).inc()
+        self.recorder.shadow(ShadowEvent(now, request_id, decision.action.value, decision.rule,
+                                         decision.message, agent.id, method, host, port, path))
+        return True
 
     async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
         request_id = new_id()

@@ -44,3 +44,21 @@ def strip_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str
     items = list(headers)
     drop = HOP_BY_HOP | _connection_tokens(items)
     return [(n, v) for n, v in items if n.lower() not in drop and not n.lower().startswith("x-hitl-")]
+
+
+def to_wire(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header names and values as the bytes that go on the wire.
+
+    Headers are read as latin-1 (every byte maps to one character), so encoding them back
+    as latin-1 passes an agent's or upstream's non-ASCII bytes (0xE9) through unchanged;
+    h11 itself would encode text as ASCII and fail. A character beyond latin-1 can only
+    come from the proxy's own text or a reviewer's edit: it is sent as UTF-8.
+    """
+    return [(_wire(n), _wire(v)) for n, v in headers]
+
+
+def _wire(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")

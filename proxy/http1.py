@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from http import HTTPStatus
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 import h11
 
 from proxy.errors import BadRequest, BodyTooLarge, GateError
+from proxy.headers import to_wire
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
 HEAD_TIMEOUT = 30.0  # a client has this long to finish sending a request head
 IDLE_TIMEOUT = 75.0  # a keep-alive connection with no new request is closed after this
 BODY_TIMEOUT = 60.0  # gap allowed between body chunks
+LINGER_SECONDS = 2.0  # after an error mid-request: how long unread request bytes are drained
+LINGER_BYTES = 1024 * 1024
 
 
 def _phrase(status: int) -> str:
@@ -29,6 +32,32 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+def head_size(event: h11.Request) -> int:
+    """The bytes the request head took on the wire, at least: request line, each header as
+    ``name: value CRLF``, the final CRLF (h11 strips optional whitespace, so never more)."""
+    size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
+    for name, value in event.headers.raw_items():
+        size += len(name) + len(value) + 4
+    return size
+
+
+def check_head(event: h11.Request) -> None:
+    """Limits and framing rules on a complete request head (h11 checks only the rest).
+
+    h11's ``max_incomplete_event_size`` bounds a head still being read; a head that
+    arrives complete in one read is never measured, so the size is checked here (431).
+    Content-Length together with Transfer-Encoding is the request-smuggling shape: a
+    front end and a back end may frame the body differently, so RFC 9112 §6.3 says to
+    refuse it and close the connection (400, Connection: close in ``send_error``).
+    """
+    if head_size(event) > MAX_HEADER_BYTES:
+        raise BadRequest(f"request head is over the {MAX_HEADER_BYTES}-byte limit", status=431)
+    names = {name for name, _ in event.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        raise BadRequest("a request with both Content-Length and Transfer-Encoding is ambiguous "
+                         "(RFC 9112 section 6.3); send one of them")
 
 
 class ClientGone(Exception):
@@ -42,6 +71,8 @@ class HTTPConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         # A response head waits here for its first body bytes: one send() instead of two.
         self._pending = bytearray()
+        # Set when we answer an error before reading the whole request: see close().
+        self._linger = False
 
     @property
     def peer(self) -> str:
@@ -78,6 +109,7 @@ class HTTPConnection:
             return None
         if not isinstance(event, h11.Request):
             raise BadRequest(f"expected a request, got {type(event).__name__}")
+        check_head(event)
         return event
 
     async def read_body(self, limit: int, declared: int | None) -> bytes:
@@ -116,7 +148,7 @@ class HTTPConnection:
                 raise ClientGone() from exc
 
     async def send_head(self, status: int, headers: Iterable[tuple[str, str]], reason: str = "") -> None:
-        await self._send(h11.Response(status_code=status, headers=list(headers),
+        await self._send(h11.Response(status_code=status, headers=to_wire(headers),
                                       reason=reason.encode("latin-1", "replace")), flush=False)
 
     async def send_data(self, data: bytes) -> None:
@@ -137,9 +169,28 @@ class HTTPConnection:
             headers.append(("Proxy-Authenticate", 'Basic realm="hitl-proxy"'))
         if exc.status in (400, 413, 431) or self.conn.their_state not in (h11.DONE, h11.IDLE):
             headers.append(("Connection", "close"))
+            self._linger = self.conn.their_state is not h11.DONE
         await self.send_head(exc.status, headers, _phrase(exc.status))
         await self.send_data(body)
         await self.end()
+
+    async def _drain_unread(self) -> None:
+        """A lingering close: after an error answered mid-request, stop writing and read
+        (and discard) what the client still sends, for a bounded time and size. Closing
+        with unread bytes makes the kernel send a reset, which can destroy the error
+        response before the client reads it. Nothing read here is ever parsed."""
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                drained = 0
+                while drained < LINGER_BYTES:
+                    data = await self.reader.read(READ_CHUNK)
+                    if not data:
+                        return
+                    drained += len(data)
+        except (TimeoutError, ConnectionError, OSError, RuntimeError):
+            return
 
     @property
     def can_send(self) -> bool:
@@ -150,6 +201,8 @@ class HTTPConnection:
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     async def close(self) -> None:
+        if self._linger:
+            await self._drain_unread()
         try:
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 5)

@@ -78,6 +78,23 @@ class Metrics:
                                        ["format"], registry=r)
         self.policy_reloads = Counter("hitl_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
+        self.shadow = Counter("hitl_shadow", "Holds and denies let through in shadow mode, by would-be "
+                              "action and rule", ["action", "rule"], registry=r)
+        self.decision_log_dropped = Counter("hitl_decision_log_dropped", "Shadow events and decision log "
+                                            "rows dropped because the store could not keep up", registry=r)
+        # Per-rule insights over the last 7 days (proxy/insights.py), recomputed at most once a minute.
+        self.rule_holds = Gauge("hitl_rule_holds", "Holds per rule over the last 7 days", ["rule"],
+                                registry=r, multiprocess_mode="mostrecent")
+        self.rule_outcome_ratio = Gauge("hitl_rule_outcome_ratio", "Share of a rule's finished holds "
+                                        "approved, rejected or expired (7 days)", ["rule", "outcome"],
+                                        registry=r, multiprocess_mode="mostrecent")
+        self.rule_decision_seconds = Gauge("hitl_rule_decision_seconds", "Median and p90 time from hold to "
+                                           "a reviewer's decision, per rule (7 days)", ["rule", "quantile"],
+                                           registry=r, multiprocess_mode="mostrecent")
+        self.rule_quick_decisions = Gauge("hitl_rule_quick_decisions", "Decisions made within 5 s of the "
+                                          "hold, per rule (7 days): a rubber-stamping sign", ["rule"],
+                                          registry=r, multiprocess_mode="mostrecent")
+        self._insights_at = float("-inf")
         self.store_up = Gauge("hitl_store_up", "1 when the last scrape could read the pending store",
                               registry=r, multiprocess_mode="mostrecent")
         self._build = Info("hitl_build", "Build information", registry=r)
@@ -104,6 +121,7 @@ class Metrics:
         A store that cannot be read leaves the last values and sets ``hitl_store_up`` to 0;
         the scrape still answers, and ``/readyz`` reports the store."""
         from proxy.errors import StoreError
+        from proxy.insights import GAUGE_EVERY, refresh_gauges
 
         try:
             pending = await store.count_pending()
@@ -113,6 +131,12 @@ class Metrics:
             self.store_up.set(0)
             return
         self.store_up.set(1)
+        if now - self._insights_at >= GAUGE_EVERY:
+            self._insights_at = now
+            try:
+                await refresh_gauges(self, store, now)
+            except StoreError:
+                pass  # the next scrape after GAUGE_EVERY tries again; hitl_store_up says the rest
         self.pending.set(pending)
         self.oldest_pending.set(max(0.0, now - oldest) if oldest is not None else 0)
         self.grants_active.set(len(grants))

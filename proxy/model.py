@@ -36,6 +36,7 @@ class Decision:
     on_timeout: OnTimeout | None = None  # None = the configured hold.on_timeout
     grantable: bool = False
     rule: str = "default"
+    shadow: bool = False  # rollout: record what a hold or deny would have done, but allow
 
     def __post_init__(self) -> None:
         if self.approvals < 1:

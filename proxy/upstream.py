@@ -36,7 +36,7 @@ from typing import Any
 import h11
 
 from proxy.errors import DestinationBlocked, UpstreamError
-from proxy.headers import strip_request_headers, strip_response_headers
+from proxy.headers import strip_request_headers, strip_response_headers, to_wire
 from proxy.model import AgentRequest, UpstreamResponse
 from proxy.netguard import AddressPolicy
 
@@ -240,7 +240,8 @@ class Upstream:
         if req.body or req.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
             headers.append(("Content-Length", str(len(req.body))))
         try:
-            data = conn.h11.send(h11.Request(method=req.method, target=req.target, headers=headers))
+            data = conn.h11.send(h11.Request(method=req.method, target=req.target,
+                                                     headers=to_wire(headers)))
             if req.body:
                 data += conn.h11.send(h11.Data(data=req.body))
             data += conn.h11.send(h11.EndOfMessage())

@@ -16,6 +16,7 @@ from review_ui.api import ReviewAPI
 from review_ui.auth import ReviewerAuth
 from review_ui.security import SecurityHeaders
 from review_ui.sessions import Sessions
+from review_ui.tuning import Tuning
 from review_ui.web import WebUI
 
 
@@ -34,10 +35,14 @@ def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dic
     """The review app; ``ops_only``: health and metrics alone (a ``--role proxy`` process)."""
     api = ReviewAPI(gate, auth, ready)
     routes: list[BaseRoute] = list(api.ops_routes() if ops_only else api.routes())
+    tuning = Tuning(gate)  # shadow events, insights (review_ui/tuning.py)
+    if not ops_only:
+        routes += tuning.api_routes(api._authenticated)
     if settings is not None and not ops_only:  # the web UI: its sessions also authenticate API calls (+ CSRF)
         sessions = Sessions(settings, admin_token)
         auth.session_reviewer = sessions.api_reviewer
-        routes += WebUI(gate, sessions).routes()
+        web = WebUI(gate, sessions)
+        routes += web.routes() + tuning.page_routes(web)
     return Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],

@@ -29,6 +29,7 @@ from proxy.model import Reviewer
 from review_ui import present
 from review_ui.serialize import grant_json, request_json
 from review_ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
+from review_ui.tuning import grant_offer
 
 HERE = Path(__file__).parent
 OPEN_STATUSES = ["pending", "approved", "forwarding"]
@@ -246,6 +247,7 @@ class WebUI:
             "detail.html", page="detail", item=item, body=body, edit_body=edit_body,
             json_body=body.kind == "json" or present.is_json_type(present.content_type(item["headers"])),
             edit_headers=present.editable_headers(item["headers"]),
+            offer=await grant_offer(self.gate, rec, reviewer),  # tuning.py: the third similar approval
             pending=await self.gate.store.count_pending(), **common)
 
     async def history(self, request: Request, session: Session, reviewer: Reviewer) -> Response:

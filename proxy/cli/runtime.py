@@ -141,6 +141,7 @@ class Runtime:
                                    .start(self.gate.events))
         if primary:
             self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
+        self._tasks.append(asyncio.create_task(self.gate.recorder.run()))  # shadow events, decision log
         if s.policy.engine == "embedded":  # a remote OPA reloads its own bundles
             self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query, primary=primary)
             self._tasks.append(asyncio.create_task(self._reloader.watch()))
@@ -229,6 +230,7 @@ class Runtime:
             await asyncio.gather(*self._reloader.cancel(), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.aclose()
+        await self.gate.recorder.close()  # what is still buffered
         await self.store.aclose()
         policy = self.gate.policy  # the one in force: a reload may have replaced self.policy
         aclose = getattr(policy, "aclose", None)

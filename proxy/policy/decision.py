@@ -59,6 +59,7 @@ def parse_decision(doc: Any) -> Decision:
         on_timeout=None if on_timeout is None else OnTimeout(on_timeout),
         grantable=_get(doc, "grantable", bool, False),
         rule=rule,
+        shadow=_get(doc, "shadow", bool, False),
     )
 
 

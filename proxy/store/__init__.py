@@ -9,6 +9,7 @@ backend never sees two callers at once. Every library error leaves this module a
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import sqlite3
 from collections.abc import Callable
@@ -117,6 +118,26 @@ class AsyncStore:
 
     async def audit_verify(self) -> int | None:
         return await self._run(self.backend.audit_verify)
+
+    # -- tuning (store/tuning.py) ---------------------------------------------------------
+    async def record_batch(self, shadows: builtins.list[Any], rows: builtins.list[Any], max_rows: int) -> None:
+        await self._run(self.backend.record_batch, shadows, rows, max_rows)
+
+    async def shadow_list(self, **kwargs: Any) -> builtins.list[AuditRecord]:
+        return await self._run(self.backend.shadow_list, **kwargs)
+
+    async def shadow_summary(self, since: float | None = None,
+                             filters: dict[str, str] | None = None) -> builtins.list[dict[str, Any]]:
+        return await self._run(self.backend.shadow_summary, since, filters)
+
+    async def shadow_facets(self, since: float | None = None) -> dict[str, builtins.list[str]]:
+        return await self._run(self.backend.shadow_facets, since)
+
+    async def insight_rows(self, since: float) -> builtins.list[dict[str, Any]]:
+        return await self._run(self.backend.insight_rows, since)
+
+    async def similar_approved(self, **kwargs: Any) -> int:
+        return await self._run(self.backend.similar_approved, **kwargs)
 
     async def ping(self) -> None:
         await self._run(self.backend.ping)

@@ -36,8 +36,15 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from proxy.errors import StoreError
-from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import (
+    CLAIM_COLUMNS,
+    FORWARDER_COLUMNS,
+    GRANT_COLUMNS,
+    REQUEST_COLUMNS,
+    TABLES,
+)
 from proxy.store.sql import SqlBackend, busy_timeout
+from proxy.store.tuning import DECISION_LOG_SCHEMA
 
 T = TypeVar("T")
 
@@ -89,11 +96,13 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT)",
     (f"INSERT INTO store_meta (key, value) VALUES ('schema_version', '{_SCHEMA_VERSION}')"
      " ON CONFLICT (key) DO NOTHING"),
+    *DECISION_LOG_SCHEMA,
 )
 
 
 class PostgresBackend(SqlBackend):
     _LIKE = "ILIKE"  # SQLite's LIKE ignores case; PostgreSQL's does not
+    _JSON_TEXT = "(detail::json ->> '{key}')"
 
     def __init__(self, url: str, *, secret_headers: frozenset[str] = frozenset()) -> None:
         super().__init__(secret_headers)
@@ -138,6 +147,20 @@ class PostgresBackend(SqlBackend):
                 self._exec(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             for statement in SCHEMA:
                 self._exec(statement)
+            self._add_missing_columns(schema)
+
+    def _add_missing_columns(self, schema: str) -> None:
+        """A store made by an older version lacks the columns added since: add them (NULL in
+        the existing rows). CREATE TABLE IF NOT EXISTS alone never changes an existing table.
+        Only a store that lacks one is altered (ALTER TABLE locks the table, even for nothing)."""
+        present = {(r["table_name"], r["column_name"]) for r in self._q(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = ?",
+            (schema,))}
+        for name, columns in TABLES.items():
+            missing = [f"ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES[typ]}"
+                       for col, typ in columns.items() if (name, col) not in present]
+            if missing:
+                self._exec(f"ALTER TABLE {name} {', '.join(missing)}")
 
     # -- plumbing ------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:

@@ -27,6 +27,21 @@ GRANT_COLUMNS: dict[str, type] = {
     "request_id": str, "created_at": float, "expires_at": float, "revoked_at": float,
     "revoked_by": str,
 }
+DECISION_COLUMNS: dict[str, type] = {
+    "request_id": str, "reviewer": str, "verdict": str, "comment": str, "at": float,
+}
+COMMENT_COLUMNS: dict[str, type] = {"request_id": str, "author": str, "comment": str, "at": float}
+AUDIT_COLUMNS: dict[str, type] = {
+    "seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
+    "prev_hash": str, "hash": str,
+}
+# Every table and its columns. Opening a store adds the columns an older store lacks
+# (a column added here reaches existing databases without a migration step).
+TABLES: dict[str, dict[str, type]] = {
+    "requests": REQUEST_COLUMNS, "decisions": DECISION_COLUMNS, "comments": COMMENT_COLUMNS,
+    "grants": GRANT_COLUMNS, "claims": CLAIM_COLUMNS, "forwarders": FORWARDER_COLUMNS,
+    "audit": AUDIT_COLUMNS,
+}
 
 
 def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],

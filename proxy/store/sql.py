@@ -52,6 +52,7 @@ from proxy.store.records import (
     rfc3339,
 )
 from proxy.store.rows import audit_from_row, hold_from_row
+from proxy.store.tuning import TuningQueries
 
 REDACTED = "[redacted]"
 
@@ -113,7 +114,7 @@ def pid_gone(pid: int) -> bool:
     return False
 
 
-class SqlBackend:
+class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insights
     # The case-insensitive LIKE of the dialect (SQLite's LIKE already ignores ASCII case).
     _LIKE = "LIKE"
 

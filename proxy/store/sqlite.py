@@ -15,8 +15,18 @@ from typing import Any
 import sqlite_utils
 
 from proxy.errors import StoreError
-from proxy.store.rows import CLAIM_COLUMNS, FORWARDER_COLUMNS, GRANT_COLUMNS, REQUEST_COLUMNS
+from proxy.store.rows import (
+    AUDIT_COLUMNS,
+    CLAIM_COLUMNS,
+    COMMENT_COLUMNS,
+    DECISION_COLUMNS,
+    FORWARDER_COLUMNS,
+    GRANT_COLUMNS,
+    REQUEST_COLUMNS,
+    TABLES,
+)
 from proxy.store.sql import SqlBackend
+from proxy.store.tuning import DECISION_LOG_SCHEMA
 
 
 class SqliteBackend(SqlBackend):
@@ -58,23 +68,27 @@ class SqliteBackend(SqlBackend):
         db["requests"].create_index(["fingerprint"], if_not_exists=True)
         db["requests"].create_index(["status", "deadline"], if_not_exists=True)
         db["requests"].create_index(["agent", "status"], if_not_exists=True)
-        db["decisions"].create(
-            {"request_id": str, "reviewer": str, "verdict": str, "comment": str, "at": float},
-            if_not_exists=True,
-        )
+        db["decisions"].create(DECISION_COLUMNS, if_not_exists=True)
         db["decisions"].create_index(["request_id"], if_not_exists=True)
-        db["comments"].create(
-            {"request_id": str, "author": str, "comment": str, "at": float}, if_not_exists=True
-        )
+        db["comments"].create(COMMENT_COLUMNS, if_not_exists=True)
         db["comments"].create_index(["request_id"], if_not_exists=True)
         db["grants"].create(GRANT_COLUMNS, pk="id", if_not_exists=True)
         db["claims"].create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
         db["forwarders"].create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
-        db["audit"].create(
-            {"seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
-             "prev_hash": str, "hash": str},
-            pk="seq", if_not_exists=True,
-        )
+        db["audit"].create(AUDIT_COLUMNS, pk="seq", if_not_exists=True)
+        for statement in DECISION_LOG_SCHEMA:  # store/tuning.py
+            db.conn.execute(statement)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store made by an older version lacks the columns added since: add them (NULL in
+        the existing rows). CREATE TABLE IF NOT EXISTS alone never changes an existing table."""
+        for name, columns in TABLES.items():
+            table = self.db.table(name)
+            present = table.columns_dict
+            for column, typ in columns.items():
+                if column not in present:
+                    table.add_column(column, typ)
 
     # -- plumbing ------------------------------------------------------------------------
     def _tx(self) -> _Transaction:

@@ -250,6 +250,9 @@
       try {
         if (kind === "approve") {
           url = base + "approve"; payload = buildApproval();
+        } else if (kind === "approve-grant") {  // the grant offer: its minutes, its scope
+          url = base + "approve"; payload = { comment: comment.value,
+            grant_minutes: Number(document.getElementById("grant-offer").dataset.minutes) };
         } else if (kind === "edit-approve") {
           url = base + "approve"; payload = buildApproval(); payload.edit = buildEdit();
         } else if (kind === "reject") {
