@@ -68,7 +68,7 @@ __all__ = [
     "SETTINGS", "AgentCredential", "HoldSettings", "HostPort", "LogSettings", "Network",
     "NotifySettings", "PolicySettings", "ProxySettings", "ReviewSettings", "Setting", "Settings",
     "StoreSettings", "TokenCredential", "TrustedHeader", "UserCredential", "Webhook",
-    "example_yaml", "load_settings", "sqlite_path",
+    "check_settings", "example_yaml", "load_settings", "sqlite_path",
 ]  # fmt: skip
 
 
@@ -328,16 +328,40 @@ _SECTIONS: dict[str, type] = {  # in DESIGN §4 order
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the YAML file at ``path`` (optional), then ``env`` (default: os.environ)."""
+    """Settings from the YAML file at ``path`` (optional), then ``env`` (default: os.environ).
+    Raises the first ``ConfigError``."""
+    settings, problems = check_settings(path, env, first_only=True)
+    if problems:
+        raise problems[0]
+    assert settings is not None
+    return settings
+
+
+def check_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None, *, first_only: bool = False
+) -> tuple[Settings | None, list[ConfigError]]:
+    """The settings and every problem found (``hitl-proxy config check``): the settings are
+    None when there is any problem."""
     env = os.environ if env is None else env
+    problems: list[ConfigError] = []
+
+    def stop() -> bool:
+        return first_only and bool(problems)
+
     source = Path(path).expanduser().resolve() if path is not None else None
     base = source.parent if source else Path.cwd()
     # key -> (raw value, folder for its relative paths, env variable it came from)
     raw: dict[str, tuple[Any, Path, str | None]] = {}
     if source is not None:
-        raw.update((key, (value, base, None)) for key, value in _read_file(source).items())
-    for name, key in _env_keys(env):
+        try:
+            values = _read_file(source, None if first_only else problems)
+        except ConfigError as exc:
+            return None, [exc]
+        raw.update((key, (value, base, None)) for key, value in values.items())
+    for name, key in _env_keys(env, None if first_only else problems):
         raw[key] = (env[name], Path.cwd(), name)
+    if stop():
+        return None, problems
 
     parsed: dict[str, Any] = {}
     for setting in SETTINGS:
@@ -347,23 +371,26 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 value = setting.from_env(value, setting.key)
             parsed[setting.key] = setting.parse(value, setting.key, folder)
         except ConfigError as exc:
-            if var is None:
-                raise
-            raise ConfigError(exc.key, f"{exc.problem} (from {var})") from None
+            problems.append(exc if var is None else ConfigError(exc.key, f"{exc.problem} (from {var})"))
+            if stop():
+                return None, problems
+    if problems:
+        return None, problems
 
     if parsed["proxy.require_agent_auth"] and not parsed["proxy.agents"]:
-        raise ConfigError(
+        return None, [ConfigError(
             "proxy.require_agent_auth", "true, but proxy.agents is empty: every agent would get 407"
-        )
+        )]
     sections = {
         name: cls(**{s.name: parsed[s.key] for s in SETTINGS if s.section == name})
         for name, cls in _SECTIONS.items()
     }
-    return Settings(data_dir=parsed["data_dir"], source=source, **sections)
+    return Settings(data_dir=parsed["data_dir"], source=source, **sections), []
 
 
-def _read_file(source: Path) -> dict[str, Any]:
-    """The file's values, flattened to dotted keys; unknown sections and keys refused."""
+def _read_file(source: Path, problems: list[ConfigError] | None = None) -> dict[str, Any]:
+    """The file's values, flattened to dotted keys; unknown sections and keys refused (the
+    first raised, or each added to ``problems`` when given)."""
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -378,22 +405,34 @@ def _read_file(source: Path) -> dict[str, Any]:
         raise ConfigError(str(source), problem)
     flat: dict[str, Any] = {}
     for top, value in data.items():
-        if top in _TOP_LEVEL:
-            flat[top] = value
-        elif top in _SECTIONS:
-            if value is None:  # a section whose keys are all commented out
-                continue
-            if not isinstance(value, dict):
-                raise ConfigError(str(top), f"expected a mapping of settings, not {show(value)}")
-            for name, item in value.items():
-                flat[_known(f"{top}.{name}")] = item
-        elif top in BY_KEY:  # "proxy.listen: ..." written flat
-            section, _, name = str(top).partition(".")
-            raise ConfigError(str(top), f"nest it: write {name}: under {section}:")
-        else:
-            tops = ", ".join([*_TOP_LEVEL, *_SECTIONS])
-            raise ConfigError(str(top), f"unknown section (expected one of {tops})")
+        for key, item in _entries(top, value):
+            try:
+                if isinstance(item, ConfigError):
+                    raise item
+                flat[_known(key)] = item
+            except ConfigError as exc:
+                if problems is None:
+                    raise
+                problems.append(exc)
     return flat
+
+
+def _entries(top: Any, value: Any) -> list[tuple[str, Any]]:
+    """(dotted key, value) of one top-level entry of the file; a ConfigError as the value
+    of an entry that cannot be read."""
+    if top in _TOP_LEVEL:
+        return [(top, value)]
+    if top in _SECTIONS:
+        if value is None:  # a section whose keys are all commented out
+            return []
+        if not isinstance(value, dict):
+            return [(str(top), ConfigError(str(top), f"expected a mapping of settings, not {show(value)}"))]
+        return [(f"{top}.{name}", item) for name, item in value.items()]
+    if top in BY_KEY:  # "proxy.listen: ..." written flat
+        section, _, name = str(top).partition(".")
+        return [(str(top), ConfigError(str(top), f"nest it: write {name}: under {section}:"))]
+    tops = ", ".join([*_TOP_LEVEL, *_SECTIONS])
+    return [(str(top), ConfigError(str(top), f"unknown section (expected one of {tops})"))]
 
 
 def _known(key: str, var: str | None = None) -> str:
@@ -408,7 +447,7 @@ def _known(key: str, var: str | None = None) -> str:
     return key
 
 
-def _env_keys(env: Mapping[str, str]) -> list[tuple[str, str]]:
+def _env_keys(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> list[tuple[str, str]]:
     """(variable, dotted key) for each HITL_ variable that addresses the config."""
     found = []
     for var in sorted(env):
@@ -419,7 +458,12 @@ def _env_keys(env: Mapping[str, str]) -> list[tuple[str, str]]:
         if name in _TOP_LEVEL:  # HITL_DATA_DIR
             found.append((var, name))
         elif section in _SECTIONS:
-            found.append((var, _known(f"{section}.{rest}", var)))
+            try:
+                found.append((var, _known(f"{section}.{rest}", var)))
+            except ConfigError as exc:
+                if problems is None:
+                    raise
+                problems.append(exc)
         # anything else (HITL_URL, HITL_TOKEN) is the CLI's, not config
     return found
 

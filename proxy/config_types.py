@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -377,21 +377,55 @@ def parse_webhook(raw: Any, where: str) -> Webhook:
     return Webhook(parse_http_url(fields["url"], f"{where}.url"), fmt)
 
 
+STORE_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
 def parse_store_url(value: Any, key: str, base: Path) -> str:
+    """A store URL, its options checked here, at load, rather than when the store opens."""
     expected = "(use sqlite:///path/to/file.db or postgresql://user@host/db)"
     if not isinstance(value, str):
         raise ConfigError(key, f"expected a URL {expected}")
     if value.startswith(SQLITE_PREFIX):
-        if not value[len(SQLITE_PREFIX) :]:
+        path, _, query = value[len(SQLITE_PREFIX) :].partition("?")
+        if not path:
             raise ConfigError(key, f"the sqlite URL names no file {expected}")
+        options = dict(parse_qsl(query, keep_blank_values=True))
+        store_busy_timeout(options.pop("busy_timeout", None), key)
+        if options:
+            raise ConfigError(key, f"unsupported sqlite option(s) {', '.join(sorted(options))} "
+                                   "(only busy_timeout=SECONDS)")
         # sqlite:////abs/x.db holds "/abs/x.db"; sqlite:///x.db a relative path: resolve it once.
-        return SQLITE_PREFIX + str(resolve_path(value[len(SQLITE_PREFIX) :], key, base))
+        resolved = SQLITE_PREFIX + str(resolve_path(path, key, base))
+        return f"{resolved}?{query}" if query else resolved
     if value.startswith(("postgresql://", "postgres://")):
+        try:
+            options = dict(parse_qsl(urlsplit(value).query, keep_blank_values=True))
+        except ValueError as exc:
+            raise ConfigError(key, f"not a URL: {exc}") from None
+        store_busy_timeout(options.get("busy_timeout"), key)
+        schema = options.get("schema")
+        if schema is not None:
+            if not STORE_SCHEMA_NAME.fullmatch(schema):
+                raise ConfigError(key, "schema must be a lower-case SQL name ([a-z_][a-z0-9_]*)")
+            if "search_path" in options.get("options", ""):
+                raise ConfigError(key, "use schema=NAME or options=-csearch_path…, not both")
         return value
     if value.startswith("sqlite:"):
         raise ConfigError(key, f"a sqlite URL starts with sqlite:/// (three slashes) {expected}")
     scheme = value.partition(":")[0]  # not the whole URL: it may hold a password
     raise ConfigError(key, f"scheme {scheme!r} is not a supported store {expected}")
+
+
+def store_busy_timeout(value: str | None, key: str = "store.url") -> float:
+    """``busy_timeout=SECONDS`` of a store URL: how long a write waits for another
+    connection's lock before the store counts as unavailable (default 10)."""
+    try:
+        seconds = float(value if value is not None else "10")
+    except ValueError:
+        raise ConfigError(key, "busy_timeout must be a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise ConfigError(key, "busy_timeout must be 0 to 3600 seconds")
+    return seconds
 
 
 def sqlite_path(url: str) -> Path:

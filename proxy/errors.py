@@ -137,3 +137,12 @@ class InvalidTransition(StoreError):
         self.request_id = request_id
         self.current = current
         self.wanted = wanted
+
+
+class CommandError(Exception):
+    """A command line command cannot go on: a missing file or folder, a bad argument. The
+    message is one line for the operator; ``hitl-proxy`` prints it and exits ``exit_code``."""
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -41,7 +41,6 @@ from proxy.errors import (
     RejectedByReviewer,
     StoreError,
     StoreUnavailable,
-    TooManyPending,
     UpstreamError,
 )
 from proxy.events import EventBus
@@ -213,13 +212,9 @@ class Gate:
                                                     (f"{grant.created_by} (standing grant)",))
             created = False
             if rec is None:
-                if await self.store.count_pending(agent.id) >= hold.max_pending_per_agent:
-                    raise TooManyPending(
-                        f"This request needs human review, but agent {agent.id} already has "
-                        f"{hold.max_pending_per_agent} requests waiting for review, so it was not queued "
-                        "or sent. Wait for those decisions, then retry after Retry-After seconds.")
                 # Look up and insert again in one store transaction: an identical request that
-                # arrived meanwhile made the record this one must attach to (Rule 3).
+                # arrived meanwhile made the record this one must attach to (Rule 3); the
+                # pending limit is counted in it too (TooManyPending past it).
                 rec, created = await self.store.create_or_attach(HoldRecord(
                     id=new_id(now), status=HoldStatus.PENDING, fingerprint=fingerprint,
                     agent=agent.id, agent_address=agent.address, request=req,
@@ -227,7 +222,7 @@ class Gate:
                     approvals_needed=decision.approvals, grantable=decision.grantable,
                     on_timeout=decision.on_timeout or OnTimeout(hold.on_timeout),
                     created_at=now, deadline=now + (decision.timeout or hold.timeout), updated_at=now,
-                ), hold.replay_window)
+                ), hold.replay_window, hold.max_pending_per_agent)
             if created:
                 log.info("held %s %s %s%s as %s (rule %s)", agent.id, req.method, req.authority, req.path,
                          rec.id, rec.rule)

@@ -5,70 +5,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Settings
-from proxy.errors import PolicyError
-from proxy.policy.embedded import run_tests
+from proxy.config import Settings, load_settings
+from proxy.errors import CommandError, GateError, PolicyError
+from proxy.policy.embedded import TestResult, run_tests
 from proxy.policy.engine import PolicyLoadError
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.policy_command == "test":
-        return _test([Path(p) for p in args.paths] or list(settings.policy.paths), args.verbose)
-    return _eval(args, settings)
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, os.environ)
 
 
-def _test(paths: list[Path], verbose: bool) -> int:
+def test_command(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.paths] or list(_settings(args).policy.paths)
     try:
         results = run_tests(paths)
     except PolicyLoadError as exc:
-        print(f"hitl-proxy: {exc}", file=sys.stderr)
+        for line in exc.message.splitlines():  # one line per problem, each naming its file
+            print(f"hitl-proxy: {line}", file=sys.stderr)
         return 2
     failed = [r for r in results if not r.passed]
     for r in results:
-        if verbose or not r.passed:
-            line = f"data.{r.package}.{r.name}: {'PASS' if r.passed else 'FAIL'}"
-            print(line + (f" ({r.error})" if r.error else ""))
+        if args.verbose or not r.passed:
+            print(_test_line(r))
     print("-" * 60)
     if not results:
-        print("no tests found (rules named test_* in *_test.rego files)")
+        print(f"no tests found under {', '.join(map(str, paths))} "
+              "(rules named test_* in *_test.rego files); the policies compile")
         return 1
-    print(f"PASS: {len(results) - len(failed)}/{len(results)}" + (f"\nFAIL: {len(failed)}/{len(results)}" if failed else ""))
+    print(f"PASS: {len(results) - len(failed)}/{len(results)}"
+          + (f"\nFAIL: {len(failed)}/{len(results)}" if failed else ""))
     return 1 if failed else 0
 
 
-def _eval(args: argparse.Namespace, settings: Settings) -> int:
+def _test_line(r: TestResult) -> str:
+    where = f"{r.file}:{r.line}: " if r.file else ""
+    return f"{where}data.{r.package}.{r.name}: {'PASS' if r.passed else 'FAIL'}" + (
+        f" ({r.error})" if r.error else "")
+
+
+def eval_command(args: argparse.Namespace) -> int:
     from proxy.cli.runtime import load_policy
 
-    if args.input:
-        raw = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
-        doc: dict[str, Any] = json.loads(raw)
-    elif args.url:
-        from proxy.model import Agent, AgentRequest
-        from proxy.policy.input import build_input
-        from proxy.server import parse_target
-
-        scheme, host, port, target = parse_target(args.url, {})
-        body = (args.body or "").encode()
-        # The content type curl would send: -d '{...}' is JSON to APIs that take it, -d a=b a form.
-        media = "application/json" if body[:1] in (b"{", b"[") else \
-            "application/x-www-form-urlencoded" if b"=" in body else None
-        headers = (("content-type", media),) if media else ()
-        doc = build_input(AgentRequest((args.method or ("POST" if body else "GET")).upper(), scheme, host,
-                                       port, target, headers, body), Agent(args.agent, "127.0.0.1"), time.time())
-    else:
-        print("hitl-proxy: give --input FILE or --url URL [--method M] [--body B]", file=sys.stderr)
-        return 2
+    settings = _settings(args)
+    doc = _input_document(args)
     try:
         engine = load_policy(settings)
         decision = asyncio.run(engine.decide(doc))
-    except (PolicyLoadError, PolicyError) as exc:
-        print(f"hitl-proxy: {exc}", file=sys.stderr)
-        return 1
+    except PolicyLoadError as exc:
+        raise CommandError(exc.message.replace("\n", "; ")) from exc
+    except PolicyError as exc:
+        raise CommandError(exc.message, exit_code=1) from exc
     out = {"action": decision.action.value, "message": decision.message, "rule": decision.rule,
            "reviewers": list(decision.reviewers), "approvals": decision.approvals,
            "timeout": decision.timeout, "on_timeout": decision.on_timeout, "grantable": decision.grantable}
@@ -76,3 +68,37 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.explain:
         print(f"matched rule: {decision.rule}")
     return 0
+
+
+def _input_document(args: argparse.Namespace) -> dict[str, Any]:
+    if args.input:
+        where = "stdin" if args.input == "-" else args.input
+        try:
+            raw = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"--input {where}: cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--input {where}: not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise CommandError(f"--input {where}: the input document must be a JSON object")
+        return doc
+    if not args.url:
+        raise CommandError("give --input FILE or --url URL [--method M] [--body B]")
+    from proxy.model import Agent, AgentRequest
+    from proxy.policy.input import build_input
+    from proxy.server import parse_target
+
+    body = (args.body or "").encode()
+    # The content type curl would send: -d '{...}' is JSON to APIs that take it, -d a=b a form.
+    media = "application/json" if body[:1] in (b"{", b"[") else \
+        "application/x-www-form-urlencoded" if b"=" in body else None
+    headers = (("content-type", media),) if media else ()
+    try:
+        scheme, host, port, target = parse_target(args.url, {})
+        request = AgentRequest((args.method or ("POST" if body else "GET")).upper(), scheme, host,
+                               port, target, headers, body)
+    except (GateError, ValueError) as exc:
+        raise CommandError(f"--url {args.url!r}: {getattr(exc, 'message', exc)}") from exc
+    return build_input(request, Agent(args.agent, "127.0.0.1"), time.time())

@@ -61,6 +61,8 @@ class TestResult:
     package: str
     passed: bool
     error: str | None = None
+    file: str | None = None  # where the test rule is written, for the report
+    line: int | None = None
 
 
 class EmbeddedEngine:
@@ -95,7 +97,10 @@ class EmbeddedEngine:
             )
         _check_declared(query, modules)
         entrypoints = list(dict.fromkeys([_entrypoint(query), _entrypoint(INTERCEPT_QUERY)]))
-        rego, bundle = _compile(modules, data_files, entrypoints)
+        try:
+            rego, bundle = _compile(modules, data_files, entrypoints)
+        except PolicyLoadError as whole:
+            raise _each_file_error(modules, whole) from None
         roots = ", ".join(str(p) for p in paths)
         description = (
             f"embedded (regopy {regopy.__version__}): {_plural(len(modules), 'policy file')}, "
@@ -211,25 +216,58 @@ def _tests_child() -> None:
 
 def _run_tests_here(paths: Sequence[Path]) -> list[TestResult]:
     modules, data_files = _collect(paths, tests=True)
-    tests: list[tuple[str, str]] = []
+    # (package, rule, file, line) of each test rule, in file order
+    tests: list[tuple[str, str, str, int]] = []
+    packages: list[str] = []
     for name, source in modules.items():
         found = _PACKAGE.search(source)
-        if name.endswith("_test.rego") and found is not None:
-            rules = dict.fromkeys(_TEST_RULE.findall(source))
-            tests.extend((found.group(1), rule) for rule in rules)
-    if not tests:
-        return []
-    entrypoints = [f"{package.replace('.', '/')}/{rule}" for package, rule in tests]
-    rego, bundle = _compile(modules, data_files, list(dict.fromkeys(entrypoints)))
+        if found is None:
+            continue
+        packages.append(found.group(1))
+        if name.endswith("_test.rego"):
+            seen: set[str] = set()
+            for m in _TEST_RULE.finditer(source):
+                if m.group(1) not in seen:
+                    seen.add(m.group(1))
+                    tests.append((found.group(1), m.group(1), name, source.count("\n", 0, m.start()) + 1))
+    entrypoints = [f"{package.replace('.', '/')}/{rule}" for package, rule, _, _ in tests]
+    # With no tests, every file is still compiled: a syntax error must not hide behind
+    # "no tests found".
+    compiled = list(dict.fromkeys(entrypoints)) or [
+        f"{(packages or ['hitl'])[0].replace('.', '/')}/decision"
+    ]
+    try:
+        rego, bundle = _compile(modules, data_files, compiled)
+    except PolicyLoadError as whole:
+        raise _each_file_error(modules, whole) from None
     results = []
-    for (package, rule), entrypoint in zip(tests, entrypoints, strict=True):
+    for (package, rule, file, line), entrypoint in zip(tests, entrypoints, strict=True):
         try:
             value = _result(rego, bundle, entrypoint)
         except PolicyError as exc:
-            results.append(TestResult(rule, package, False, exc.message))
+            results.append(TestResult(rule, package, False, exc.message, file, line))
         else:
-            results.append(TestResult(rule, package, value is True))
+            results.append(TestResult(rule, package, value is True, None, file, line))
     return results
+
+
+def _each_file_error(modules: dict[str, str], whole: PolicyLoadError) -> PolicyLoadError:
+    """The compile errors of every file, not only the first one rego-cpp stops at: each
+    file is compiled alone; an error that only shows with all files together is ``whole``."""
+    lines: list[str] = []
+    first: PolicyLoadError | None = None
+    for name, source in modules.items():
+        found = _PACKAGE.search(source)
+        package = found.group(1).replace(".", "/") if found else "hitl"
+        try:
+            _compile({name: source}, [], [f"{package}/decision"])
+        except PolicyLoadError as exc:
+            first = first or exc
+            lines.extend(exc.message.splitlines())
+    if not lines:
+        return whole
+    assert first is not None
+    return PolicyLoadError("\n".join(lines), path=first.path, line=first.line)
 
 
 # --- Loading ----------------------------------------------------------------------

@@ -42,8 +42,9 @@ class AsyncStore:
     async def create(self, rec: HoldRecord) -> HoldRecord:
         return await self._run(self.backend.create, rec)
 
-    async def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
-        return await self._run(self.backend.create_or_attach, rec, replay_window)
+    async def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                               max_pending: int | None = None) -> tuple[HoldRecord, bool]:
+        return await self._run(self.backend.create_or_attach, rec, replay_window, max_pending)
 
     async def get(self, request_id: str) -> HoldRecord | None:
         return await self._run(self.backend.get, request_id)

@@ -25,7 +25,6 @@ URL: ``postgresql://user[:password]@host[:port]/db`` plus libpq parameters in th
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -35,6 +34,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from proxy.config_types import STORE_SCHEMA_NAME
 from proxy.errors import StoreError
 from proxy.store.rows import (
     CLAIM_COLUMNS,
@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 _PG_TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bytes: "BYTEA"}
 # Lower-case only: an unquoted name in search_path is folded to lower case.
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCHEMA_NAME = STORE_SCHEMA_NAME
 # Defaults for libpq parameters the URL does not set: give up on a dead server or a black-
 # holed network in seconds, not after the kernel's TCP timeouts (minutes).
 _LIBPQ_DEFAULTS = {"connect_timeout": "10", "application_name": "hitl-proxy", "keepalives_idle": "10",

@@ -38,7 +38,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import InvalidTransition, NotFound, StoreError
+from proxy.config_types import store_busy_timeout
+from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import SECRET_HEADERS
 from proxy.store.records import (
@@ -62,15 +63,12 @@ HEARTBEAT_SECONDS = 5.0
 
 
 def busy_timeout(value: str | None) -> float:
-    """``busy_timeout=SECONDS`` of a store URL: how long a write waits for another
-    connection's lock before the store counts as unavailable (default 10)."""
+    """``busy_timeout=SECONDS`` of a store URL (default 10); the config loader checks it
+    first, with the same function."""
     try:
-        seconds = float(value if value is not None else "10")
-    except ValueError as exc:
-        raise StoreError("store.url: busy_timeout must be a number of seconds") from exc
-    if not 0 <= seconds <= 3600:
-        raise StoreError("store.url: busy_timeout must be 0 to 3600 seconds")
-    return seconds
+        return store_busy_timeout(value)
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def _pid_space() -> str:
@@ -186,14 +184,22 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._insert(rec)
         return rec
 
-    def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+    def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                         max_pending: int | None = None) -> tuple[HoldRecord, bool]:
         """Rule 3 made atomic: the lookup by fingerprint and the insert share one write
         transaction, so identical requests arriving together make one review item.
-        Returns (record, created)."""
+        ``max_pending`` (``hold.max_pending_per_agent``) is counted in that same
+        transaction: with writers serialized (Rule 2), concurrent holds of one agent can
+        never pass it together. Returns (record, created); TooManyPending past the limit."""
         with self._tx():
             found = self.find_by_fingerprint(rec.fingerprint, rec.created_at, replay_window)
             if found is not None:
                 return found, False
+            if max_pending is not None and self.count_pending(rec.agent) >= max_pending:
+                raise TooManyPending(f"This request needs human review, but agent {rec.agent} already "
+                                     f"has {max_pending} requests waiting for review, so it was not "
+                                     "queued or sent. Wait for those decisions, then retry after "
+                                     "Retry-After seconds.")
             self._insert(rec)
         return rec, True
 
