@@ -153,7 +153,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def audit_list(self, *, after: int = 0, limit: int = 100,
                    request_id: str | None = None) -> list[AuditRecord]:
-        sql, params = "SELECT * FROM audit WHERE seq > ?", [after]
+        sql = "SELECT * FROM audit WHERE seq > ?"
+        params: list[Any] = [after]
         if request_id:
             sql += " AND request_id = ?"
             params.append(request_id)
@@ -258,10 +259,11 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         return {r["status"]: int(r["n"])
                 for r in self._q("SELECT status, count(*) AS n FROM requests GROUP BY status")}
 
-    def list(self, *, statuses: list[str] | None = None, agent: str | None = None,
+    def list_requests(self, *, statuses: list[str] | None = None, agent: str | None = None,
              host: str | None = None, text: str | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[HoldRecord], str | None]:
-        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(statuses)
@@ -300,7 +302,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 due = HoldStatus.APPROVED if rec.on_timeout is OnTimeout.ALLOW else HoldStatus.EXPIRED
                 raise InvalidTransition(request_id, due.value, wanted.value)
             if any(d.reviewer == reviewer for d in rec.decisions):
-                raise InvalidTransition(request_id, f"already decided by {reviewer}", wanted.value)
+                raise InvalidTransition(request_id, rec.status.value, wanted.value,
+                                        f"{reviewer} has already decided it")
             self._exec(
                 "INSERT INTO decisions (request_id, reviewer, verdict, comment, at) VALUES (?,?,?,?,?)",
                 (request_id, reviewer, verdict, comment, now),
@@ -427,10 +430,6 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
         return [self.fail(i, "interrupted", now) for i in gone]
 
-    def next_deadline(self) -> float | None:
-        return self._scalar(  # type: ignore[no-any-return]
-            "SELECT min(deadline) AS d FROM requests WHERE status IN ('pending','approved')")
-
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:
         if not can_transition(rec.status, wanted):
@@ -441,7 +440,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             (wanted.value, now, *extra_params, rec.id, rec.status.value),
         )
         if moved != 1:
-            raise InvalidTransition(rec.id, "changed concurrently", wanted.value)
+            now_status = self._scalar("SELECT status FROM requests WHERE id=?", (rec.id,))
+            raise InvalidTransition(rec.id, str(now_status), wanted.value, "it changed concurrently")
 
     def _scrub(self, request_id: str) -> None:
         row = self._q("SELECT headers, edit_headers FROM requests WHERE id=?", (request_id,))[0]
