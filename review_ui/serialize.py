@@ -57,7 +57,8 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
     if out["edited"]:
         fwd = rec.forward_request()
         out["edit"] = {"headers": redact_headers(fwd.headers, secret_headers),
-                       "body_text": _text(fwd.body), "mcp": _tool_calls(fwd.body)}
+                       "body_text": _text(fwd.body), "body_size": len(fwd.body),
+                       "mcp": _tool_calls(fwd.body)}
     if viewer is not None:
         out["can_decide"] = viewer.may_decide(rec.reviewers)
     return out

@@ -38,6 +38,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from proxy import mcp
 from proxy.config_types import store_busy_timeout
 from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
@@ -221,6 +222,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             "method": req.method, "url": req.url, "rule": rec.rule, "message": rec.message,
             "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
             "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
+            **_tool(req.body),
         })
 
     def get(self, request_id: str) -> HoldRecord | None:
@@ -313,12 +315,14 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                     "UPDATE requests SET edit_body = ?, edit_headers = ?, updated_at = ? WHERE id = ?",
                     (edit_body, json.dumps(list(edit_headers)) if edit_headers else None, now, request_id),
                 )
-            self._audit(now, verdict, request_id, reviewer, {"comment": comment, **(audit_detail or {})})
+            tool = _tool(rec.request.body)  # an MCP tool call: its tool, in every decision event
+            self._audit(now, verdict, request_id, reviewer,
+                        {"comment": comment, **tool, **(audit_detail or {})})
             approvals = len(rec.approved_by) + (verdict == "approve")
             if verdict == "reject":
                 self._move(rec, HoldStatus.REJECTED, now, "decided_at = ?", (now,))
                 self._scrub(request_id)
-                self._audit(now, "rejected", request_id, reviewer, {})
+                self._audit(now, "rejected", request_id, reviewer, tool)
             elif approvals >= rec.approvals_needed:
                 after = self._must_get(request_id)
                 digest = after.forward_request().content_digest()
@@ -326,7 +330,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 self._move(rec, HoldStatus.APPROVED, now,
                            "decided_at = ?, approved_digest = ?, deadline = ?", (now, digest, deadline))
                 self._audit(now, "approved", request_id, reviewer,
-                            {"approved_by": [*rec.approved_by, reviewer], "digest": digest})
+                            {"approved_by": [*rec.approved_by, reviewer], "digest": digest, **tool})
         return self._must_get(request_id)
 
     def add_comment(self, request_id: str, author: str, comment: str, now: float) -> HoldRecord:
@@ -377,11 +381,13 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def fail(self, request_id: str, reason: str, now: float) -> HoldRecord:
         with self._tx():
-            rec = self._must_get(request_id)
-            self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
-            self._scrub(request_id)
-            self._audit(now, "failed", request_id, "proxy", {"reason": reason})
+            self._fail(self._must_get(request_id), reason, now)
         return self._must_get(request_id)
+
+    def _fail(self, rec: HoldRecord, reason: str, now: float) -> None:
+        self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
+        self._scrub(rec.id)
+        self._audit(now, "failed", rec.id, "proxy", {"reason": reason})
 
     def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
         """Apply deadlines: pending → expired (or → approved when on_timeout is allow), and
@@ -417,18 +423,32 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 lease: float = FORWARDER_LEASE) -> list[HoldRecord]:
         """Records caught mid-forward by a process that is gone (Rule 6) are failed/
         interrupted, never re-sent: we cannot know whether the upstream acted on them (at
-        most once). ``owner``'s own forwards are never touched."""
-        rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
-                       " LEFT JOIN claims c ON c.request_id = r.id"
-                       " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
-        gone = [r["id"] for r in rows
-                if r["owner"] is None  # claimed without an owner: no one can still be at it
-                or (r["owner"] != owner
-                    and (r["seen"] is None or r["seen"] < now - lease or owner_gone(r["owner"])))]
-        if rows:
-            with self._tx():  # forwarders not seen for a day are long gone
-                self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
-        return [self.fail(i, "interrupted", now) for i in gone]
+        most once). ``owner``'s own forwards are never touched.
+
+        One transaction reads and fails them, so no record can move in between (its forwarder
+        completing it meanwhile); a record the read finds in another state is left alone."""
+        # A read first: this runs every few seconds and must not take the write lock when no
+        # record is being forwarded.
+        if not self._q("SELECT 1 AS busy FROM requests WHERE status='forwarding' LIMIT 1"):
+            return []
+        failed: list[str] = []
+        with self._tx():
+            rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
+                           " LEFT JOIN claims c ON c.request_id = r.id"
+                           " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
+            for r in rows:
+                if not (r["owner"] is None  # claimed without an owner: no one can still be at it
+                        or (r["owner"] != owner and (r["seen"] is None or r["seen"] < now - lease
+                                                     or owner_gone(r["owner"])))):
+                    continue
+                rec = self.get(r["id"])
+                if rec is None or rec.status is not HoldStatus.FORWARDING:
+                    continue
+                self._fail(rec, "interrupted", now)
+                failed.append(rec.id)
+            # forwarders not seen for a day are long gone
+            self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
+        return [self._must_get(i) for i in failed]
 
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:
@@ -464,6 +484,37 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             for c in self._q("SELECT * FROM comments WHERE request_id=? ORDER BY at, rowid", (rid,))
         )
         return hold_from_row(row, decisions, comments)
+
+    # -- Slack messages (review.slack) ---------------------------------------------------
+    def slack_claim(self, request_id: str) -> bool:
+        """Take the right to post this record's Slack message: True once, for one caller of
+        all the processes sharing the store, so a message is never posted twice."""
+        with self._tx():
+            return self._exec("UPDATE requests SET slack_ts='' WHERE id=? AND slack_ts IS NULL",
+                              (request_id,)) == 1
+
+    def slack_release(self, request_id: str) -> None:
+        """Give the claim back after a post that failed, for a later attempt."""
+        with self._tx():
+            self._exec("UPDATE requests SET slack_ts=NULL WHERE id=? AND slack_ts=''", (request_id,))
+
+    def slack_posted(self, request_id: str, channel: str, ts: str, shown: str) -> None:
+        with self._tx():
+            self._exec("UPDATE requests SET slack_channel=?, slack_ts=?, slack_shown=? WHERE id=?",
+                       (channel, ts, shown, request_id))
+
+    def slack_shown(self, request_id: str, shown: str) -> None:
+        with self._tx():
+            self._exec("UPDATE requests SET slack_shown=? WHERE id=?", (shown, request_id))
+
+    def slack_unsynced(self, now: float, limit: int = 200) -> tuple[str, ...]:
+        """Records whose Slack message is missing (pending, never posted) or shows another
+        status than the record has: what a process catches up on after a restart."""
+        rows = self._q(
+            "SELECT id FROM requests WHERE (slack_ts IS NULL AND status='pending' AND deadline > ?)"
+            " OR (slack_ts IS NOT NULL AND slack_ts <> '' AND (slack_shown IS NULL OR slack_shown <> status))"
+            " ORDER BY id LIMIT ?", (now, limit))
+        return tuple(r["id"] for r in rows)
 
     # -- grants --------------------------------------------------------------------------
     def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
@@ -502,3 +553,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._audit(now, "revoke_grant", None, by, {"grant_id": grant_id})
         return Grant(**self._q("SELECT * FROM grants WHERE id=?", (grant_id,))[0])
 
+
+def _tool(body: bytes) -> dict[str, str]:
+    """``{"tool": "send_email"}`` for an MCP tool call (a batch: its tools, comma-separated)."""
+    calls = mcp.summary(body) if len(body) <= 1024 * 1024 else None
+    return {"tool": ", ".join(calls["tools"])} if calls and calls["tools"] else {}
