@@ -326,12 +326,12 @@ class Gate:
                                         request_id=request_id)
                 # pending, or forwarding by someone else
                 if self.stopping and status is HoldStatus.PENDING:
-                    raise self.pending(rec)  # the hold stays in the store for the retry
+                    raise self.approval_pending(rec)  # the hold stays in the store for the retry
                 remaining = wait_until - self.clock()
                 if status is HoldStatus.FORWARDING:
                     remaining += self.settings.proxy.upstream_timeout
                 if remaining <= 0:
-                    raise self.pending(rec)
+                    raise self.approval_pending(rec)
                 await self._sleep_until_woken(request_id, min(remaining, POLL_SECONDS))
         except StoreError as exc:
             raise StoreUnavailable("The gate cannot reach its pending store, so the outcome of this "
@@ -339,7 +339,7 @@ class Gate:
                                    "identical request after Retry-After seconds.",
                                    request_id=request_id) from exc
 
-    def pending(self, rec: HoldRecord) -> ApprovalPending:
+    def approval_pending(self, rec: HoldRecord) -> ApprovalPending:
         """approval_pending, worded for the model: what is going on and what to do next."""
         retry = max(1, math.ceil(self.settings.hold.retry_after))
         what = f" ({rec.message})" if rec.message else ""

@@ -163,11 +163,18 @@ class ProxyServer:
             await self.serve_http(http)
         except ClientGone:
             pass
+        except asyncio.CancelledError:
+            # close() ended this connection (shutdown). Ending the task normally keeps asyncio's
+            # stream callback from logging the cancellation as an error.
+            pass
         except Exception:
             log.exception("internal error on a proxy connection from %s", http.peer)
         finally:
             self._connections.discard(task)
-            await http.close()
+            if self._closing:  # flush and close; do not wait for a TLS peer's close_notify
+                http.writer.close()
+            else:
+                await http.close()
 
     async def serve_http(self, http: HTTPConnection, tls_authority: tuple[str, int] | None = None) -> None:
         """Serve requests on one connection until it closes. ``tls_authority`` is set inside an

@@ -164,7 +164,10 @@ class Upstream:
                 return hit[1]
             pending = self._resolving.get(key)
             if pending is not None:
-                return await asyncio.shield(pending)
+                try:
+                    return await asyncio.shield(pending)
+                except (DestinationBlocked, UpstreamError) as exc:  # each caller its own error
+                    raise type(exc)(exc.message) from None
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         if not fresh:
             self._resolving[key] = future
@@ -173,10 +176,8 @@ class Upstream:
         except BaseException as exc:
             if isinstance(exc, DestinationBlocked):
                 self._remember(key, exc)
-            # Waiters get their own exception object: raising one object from many tasks
-            # would chain their tracebacks together.
-            shared = exc if isinstance(exc, Exception) else UpstreamError(f"resolving {host} was cancelled")
-            future.set_exception(type(shared)(*shared.args) if isinstance(shared, UpstreamError) else shared)
+            future.set_exception(exc if isinstance(exc, Exception)
+                                 else UpstreamError(f"resolving {host} was cancelled"))
             future.exception()  # mark it retrieved when nobody else waits
             raise
         else:

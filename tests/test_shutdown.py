@@ -62,6 +62,8 @@ def test_stopping_answers_waiting_agents_keeps_their_holds_and_finishes_forwards
     sse = threading.Thread(target=follow_events, args=(serve.review_url, token, events, opened), daemon=True)
     sse.start()
     assert opened.wait(10)
+    idle = httpx.Client(proxy=serve.proxy_url, trust_env=False, timeout=30)  # a kept-alive connection
+    assert idle.get(upstream.url("/allowed")).status_code == 200
     waiting, waiting_box = in_background(agent_post, serve.proxy_url, upstream.url("/hold/charge"))
     slow, slow_box = in_background(agent_post, serve.proxy_url, upstream.url("/hold/slow?stall=3"))
     items = pending_items(serve, token, 2)
@@ -76,6 +78,7 @@ def test_stopping_answers_waiting_agents_keeps_their_holds_and_finishes_forwards
     assert upstream.count("/hold/slow") == 1  # the forward is in flight, stalled upstream
 
     assert serve.stop(sig) == 0
+    idle.close()
     waiting.join(10)
     slow.join(10)
     sse.join(10)
