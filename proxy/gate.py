@@ -54,10 +54,12 @@ from proxy.model import (
     HoldStatus,
     OnTimeout,
     Reviewer,
+    UpstreamResponse,
     Verdict,
 )
 from proxy.policy.engine import PolicyEngine
 from proxy.policy.input import build_input
+from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
 from proxy.store.records import HoldRecord, new_id
 from proxy.store.sql import HEARTBEAT_SECONDS, new_owner
@@ -88,7 +90,7 @@ class Reply:
     reason: str
     headers: list[tuple[str, str]]
     body: bytes | None = None  # a stored response (held requests, replays)
-    stream: OpenResponse | None = None  # a live upstream response (allowed requests)
+    stream: Stream | None = None  # a live upstream response (allowed requests, relayed holds)
     approved_by: tuple[str, ...] = ()
     replayed: bool = False
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
@@ -120,6 +122,7 @@ class Gate:
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
         self.mcp_streams = mcp.StreamMemory()  # which MCP endpoints answer with event streams
+        self._relays: set[asyncio.Task[None]] = set()  # held answers being relayed (relay.py)
         p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
         self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
                                          secret_headers=self._secret_headers,
@@ -209,11 +212,14 @@ class Gate:
 
     def _mcp_readdress(self, req: AgentRequest, rpc: mcp.Message, reply: Reply) -> Reply:
         ctype = mcp.header(reply.headers, "content-type")
-        if reply.stream is not None:
+        if reply.stream is not None and reply.sent is None:
             self.mcp_streams.note(mcp.endpoint(req), ctype)
-        elif reply.sent is not None and reply.body:  # a held call's answer: to this call's ids
+        elif reply.sent is not None:  # a held call's answer: to this call's ids
             ids = mcp.id_map(mcp.parse_quiet(reply.sent), rpc)
-            reply.body = mcp.rewrite_ids(reply.body, ctype, ids)
+            if ids and reply.stream is not None:
+                reply.stream = Rewritten(reply.stream, mcp.EventRewriter(ids))
+            elif reply.body:
+                reply.body = mcp.rewrite_ids(reply.body, ctype, ids)
         return reply
 
     async def _forward_live(self, req: AgentRequest, request_id: str,
@@ -331,7 +337,11 @@ class Gate:
             raise UpstreamError("the stored request no longer matches what was approved; not sent",
                                 request_id=rec.id)
         try:
-            response = await self.upstream.fetch(fwd, self.settings.proxy.max_body_bytes)
+            opened = await self.upstream.open(fwd, fresh=True)
+            if mcp.is_event_stream(opened.headers):  # relayed as it comes, recorded whole
+                return self._relay_held(rec, fwd, opened)
+            body = await Relay(opened, self.settings.proxy.max_body_bytes, listening=False).pump()
+            response = UpstreamResponse(opened.status, tuple(opened.headers), body, opened.reason)
         except GateError as exc:
             await self.store.fail(rec.id, exc.message, now())
             self._changed(rec.id, "failed")
@@ -347,6 +357,27 @@ class Gate:
         self._changed(rec.id, "forwarded")
         return Reply(rec.id, response.status, response.reason, list(response.headers),
                      body=response.body, approved_by=done.approved_by, sent=fwd.body)
+
+    def _relay_held(self, rec: HoldRecord, fwd: AgentRequest, opened: OpenResponse) -> Reply:
+        relay = Relay(opened, self.settings.proxy.max_body_bytes)
+        task = asyncio.ensure_future(self._finish_relay(rec, relay, opened))
+        self._relays.add(task)  # referenced until done; runs on if the agent hangs up (Rule 5)
+        task.add_done_callback(self._relays.discard)
+        task.add_done_callback(_retrieve)
+        return Reply(rec.id, opened.status, opened.reason, list(opened.headers), stream=relay,
+                     approved_by=rec.approved_by, sent=fwd.body)
+
+    async def _finish_relay(self, rec: HoldRecord, relay: Relay, opened: OpenResponse) -> None:
+        try:
+            body = await relay.pump()
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, GateError) else f"internal error: {type(exc).__name__}"
+            await self.store.fail(rec.id, reason, self.clock())
+            self._changed(rec.id, "failed")
+            raise
+        response = UpstreamResponse(opened.status, tuple(opened.headers), body, opened.reason)
+        await self.store.complete(rec.id, response, self.clock(), REPLAY_BODY_LIMIT)
+        self._changed(rec.id, "forwarded")
 
     def _replay(self, rec: HoldRecord) -> Reply:
         if rec.response is None:
