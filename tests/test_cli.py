@@ -212,7 +212,8 @@ def test_config_check_prints_the_effective_settings_with_secrets_elided(tmp_path
     assert "hooksecret" not in out.stdout and "pgsecret" not in out.stdout and "argon2id" not in out.stdout
     shown = yaml.safe_load(out.stdout)
     assert shown["hold"]["timeout"] == "30m"
-    assert shown["review"]["users"] == [{"name": "alice", "password_hash": "<elided>", "groups": ["finance"]}]
+    assert shown["review"]["users"] == [{"name": "alice", "password_hash": "<elided>", "groups": ["finance"],
+                                         "slack": None}]
     assert shown["store"]["url"] == "postgresql://u:<elided>@db/x?schema=hitl"
     assert "config OK" in out.stdout and "1 policy file" in out.stdout
     assert not (tmp_path / "data").exists()  # validated, nothing created

@@ -258,7 +258,8 @@ def test_a_hold_needing_two_approvals_offers_no_grant_until_the_last(gate: Hitl,
 
 # -- 2. signatures --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("forgery", ["wrong secret", "stale", "future", "tampered", "unsigned", "bad stamp"])
+@pytest.mark.parametrize("forgery", ["wrong secret", "stale", "future", "tampered", "unsigned", "bad stamp",
+                                     "huge stamp"])
 def test_forged_and_stale_signatures_are_refused_and_change_nothing(gate: Hitl, slack: FakeSlack,
                                                                     upstream: Upstream, forgery: str) -> None:
     _thread, _box, rid = hold(gate, upstream)
@@ -276,6 +277,8 @@ def test_forged_and_stale_signatures_are_refused_and_change_nothing(gate: Hitl, 
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
     elif forgery == "bad stamp":
         headers["X-Slack-Request-Timestamp"] = "1e9"
+    elif forgery == "huge stamp":
+        headers["X-Slack-Request-Timestamp"] = "9" * 5000
     r = httpx.post(gate.review_url + "/slack/interactions", content=body, headers=headers, trust_env=False)
     assert r.status_code == 401
     assert r.json()["error"] == "unauthorized"
