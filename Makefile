@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install chromium bench lint clean
+.PHONY: run test install chromium bench lint clean demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) hitl-data build *.egg-info
+
+# The whole loop offline: loopback fakes of Stripe, SendGrid, Slack and a SQL gateway, the
+# gate with the shipped policies, and a scripted agent; a reviewer decides in the web UI.
+demo: $(VENV)/.installed
+	$(PY) -m demo.run $(DEMO_ARGS)
