@@ -314,7 +314,9 @@ def test_grafana_dashboard_queries_name_real_metrics() -> None:
     # every metric of DESIGN §9 is on the dashboard
     for name in ("hitl_requests_total", "hitl_decisions_total", "hitl_pending_requests",
                  "hitl_decision_seconds_bucket", "hitl_policy_eval_seconds_bucket",
-                 "hitl_upstream_seconds_bucket", "hitl_upstream_errors_total", "hitl_grants_active"):
+                 "hitl_upstream_seconds_bucket", "hitl_upstream_errors_total", "hitl_grants_active",
+                 "hitl_shadow_total", "hitl_rule_holds", "hitl_rule_outcome_ratio", "hitl_rule_decision_seconds",
+                 "hitl_rule_quick_decisions"):
         assert name in seen
 
 

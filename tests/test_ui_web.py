@@ -511,3 +511,58 @@ def test_revoked_sessions_file_is_merged_and_pruned(tmp_path: Path) -> None:
     fresh = Sessions(settings, None)
     assert fresh.parse(cookie_a) is None and fresh.parse(cookie_b) is None
     assert fresh.parse(fresh.issue("alice", "password", "x")[1]) is not None
+
+
+# -- the grant offer on the third similar approval (review_ui/tuning.py) --------------------
+
+def test_grant_offer_appears_on_the_third_similar_approval_and_one_click_grants_it(
+        page: Any, ui: Hitl, upstream: Upstream) -> None:
+    login(page, ui)
+
+    def held(agent: str, amount: int) -> tuple[Curl, str]:
+        curl = Curl(ui, hold_url(upstream, msg=f"Charge {amount} by {agent}"), agent=agent,
+                    body=json.dumps({"amount": amount}))
+        item = next(i for i in pending(ui) if i["message"] == f"Charge {amount} by {agent}")
+        return curl, item["id"]
+
+    # Two similar requests approved: the first through the API, the second in the page.
+    first, rid = held("billing-agent", 100)
+    with api(ui) as c:
+        assert c.post(f"/api/requests/{rid}/approve", json={}).status_code == 200
+    assert first.done().startswith("HTTP/1.1 200")
+    second, rid = held("billing-agent", 200)
+    page.goto(f"{ui.review_url}/requests/{rid}")
+    assert page.locator("#grant-offer").count() == 0  # one approval so far: no offer
+    page.get_by_role("button", name="Approve", exact=True).click()
+    assert second.done().startswith("HTTP/1.1 200")
+    page.locator(".detail-badges .badge", has_text="sent").wait_for()
+
+    # Another agent on the same path is not similar: no offer for it.
+    other, other_id = held("support-bot", 300)
+    page.goto(f"{ui.review_url}/requests/{other_id}")
+    assert page.locator("#grant-offer").count() == 0
+
+    third, rid = held("billing-agent", 400)
+    page.goto(f"{ui.review_url}/requests/{rid}")
+    offer = page.locator("#grant-offer")
+    assert "Approved 2 times in the last day" in offer.inner_text()
+    scope = {k: offer.locator(f'[data-scope="{k}"]').inner_text()
+             for k in ("agent", "method", "host", "path", "rule", "duration")}
+    assert scope["agent"] == "billing-agent" and scope["method"] == "POST"
+    assert scope["host"] == f"127.0.0.1:{upstream.port}" and scope["path"] == "/hold/charge"
+    assert scope["rule"] == "payments.review" and scope["duration"].startswith("60 minutes")
+    shot(page, "ui-grant-offer.png")
+    offer.get_by_role("button", name="Approve and allow similar for 60 minutes").click()
+    assert third.done().startswith("HTTP/1.1 200")
+    page.locator(".detail-badges .badge", has_text="sent").wait_for()
+    with api(ui) as c:
+        [grant] = c.get("/api/grants").json()["items"]
+    assert (grant["agent"], grant["method"], grant["path"], grant["created_by"], grant["request_id"]) == \
+        ("billing-agent", "POST", "/hold/charge", "alice", rid)
+    # The grant covers the fourth similar request: through without review.
+    out = Curl(ui, hold_url(upstream, msg="Charge 500"), body='{"amount": 500}').done()
+    assert out.startswith("HTTP/1.1 200") and "x-hitl-approved-by: alice (standing grant)" in out.lower()
+    assert upstream.count("/hold/charge") == 4
+    with api(ui) as c:  # let the other agent go
+        c.post(f"/api/requests/{other_id}/reject", json={"comment": "test over"})
+    other.done()
