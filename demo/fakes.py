@@ -82,8 +82,7 @@ class RunningFake:
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.api.address}:{self.server.server_address[1]}"
 
 
 def start(api: FakeApi, log: Callable[[str], None]) -> RunningFake:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
 
     board = Board()
     folder = Path(tempfile.mkdtemp(prefix="hitl-demo-"))
-    fakes = [start(api, lambda line, name=api.name: board.say(f"fake {name} received {line}")) for api in FAKES]
+    def logger(name: str) -> Callable[[str], None]:
+        return lambda line: board.say(f"fake {name} received {line}")
+
+    fakes = [start(api, logger(api.name)) for api in FAKES]
     token = new_token()
     config = write_config(folder, fakes, free_or_any(args.proxy_listen), free_or_any(args.review_listen),
                           hash_secret(token))

@@ -24,7 +24,12 @@ def test_make_demo_shows_the_whole_loop_and_the_agent_completes() -> None:
     seen: list[str] = []
     assert proc.stdout is not None
     out = proc.stdout
-    threading.Thread(target=lambda: [lines.put(x.rstrip()) for x in out], daemon=True).start()
+
+    def read() -> None:
+        for line in out:
+            lines.put(line.rstrip())
+
+    threading.Thread(target=read, daemon=True).start()
 
     def until(pattern: str, timeout: float = 90) -> re.Match[str]:
         deadline = time.monotonic() + timeout
