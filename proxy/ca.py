@@ -92,7 +92,9 @@ class CertificateAuthority:
             raise ConfigError("proxy.ca_dir", f"cannot read the CA in {cert_path.parent}: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError("proxy.ca_dir", f"{key_path} is not an EC private key")
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        cert_key = cert.public_key()
+        if (not isinstance(cert_key, ec.EllipticCurvePublicKey)
+                or cert_key.public_numbers() != key.public_key().public_numbers()):
             raise ConfigError("proxy.ca_dir", f"{cert_path} and {key_path} do not belong together")
         try:
             is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -124,7 +126,7 @@ class CertificateAuthority:
         return leaf.context
 
     def leaf_certificate(self, host: str) -> x509.Certificate:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         try:
             san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
         except ValueError:
@@ -184,7 +186,7 @@ def _create(ca_dir: Path) -> None:
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hitl-proxy"),
         x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
     ])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -318,7 +318,7 @@ def parse_agents(value: Any, key: str) -> tuple[AgentCredential, ...]:
 
 
 def parse_principals(
-    cls: type[UserCredential] | type[TokenCredential], secret: str
+    cls: type[UserCredential | TokenCredential], secret: str
 ) -> Callable[[Any, str], Any]:
     """Reviewers: users (``password_hash``) or tokens (``token_hash``), each with groups."""
 

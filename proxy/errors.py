@@ -127,10 +127,12 @@ class NotFound(StoreError):
 
 
 class InvalidTransition(StoreError):
-    """A lifecycle transition that the state table does not allow (e.g. approve a rejected record)."""
+    """A lifecycle transition that the state table does not allow (e.g. approve a rejected
+    record). ``current`` is the record's status (the review API's ``current_status``);
+    ``why`` replaces the default explanation."""
 
-    def __init__(self, request_id: str, current: str, wanted: str) -> None:
-        super().__init__(f"request {request_id} is {current}; cannot become {wanted}")
+    def __init__(self, request_id: str, current: str, wanted: str, why: str | None = None) -> None:
+        super().__init__(f"request {request_id} is {current}; {why or f'cannot become {wanted}'}")
         self.request_id = request_id
         self.current = current
         self.wanted = wanted

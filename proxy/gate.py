@@ -40,7 +40,6 @@ from proxy.errors import (
     RejectedByReviewer,
     StoreError,
     StoreUnavailable,
-    TooManyPending,
     UpstreamError,
 )
 from proxy.events import EventBus
@@ -118,7 +117,6 @@ class Gate:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
-        self._forwards: dict[str, asyncio.Task[Reply]] = {}
         p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
         self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
                                          secret_headers=self._secret_headers,
@@ -200,12 +198,9 @@ class Gate:
                                                     (f"{grant.created_by} (standing grant)",))
             created = False
             if rec is None:
-                if await self.store.count_pending(agent.id) >= hold.max_pending_per_agent:
-                    raise TooManyPending(
-                        f"{agent.id} already has {hold.max_pending_per_agent} requests waiting for review; "
-                        "wait for decisions before sending more")
                 # Look up and insert again in one store transaction: an identical request that
-                # arrived meanwhile made the record this one must attach to (Rule 3).
+                # arrived meanwhile made the record this one must attach to (Rule 3); the
+                # pending limit is counted in it too (TooManyPending past it).
                 rec, created = await self.store.create_or_attach(HoldRecord(
                     id=new_id(now), status=HoldStatus.PENDING, fingerprint=fingerprint,
                     agent=agent.id, agent_address=agent.address, request=req,
@@ -213,7 +208,7 @@ class Gate:
                     approvals_needed=decision.approvals, grantable=decision.grantable,
                     on_timeout=decision.on_timeout or OnTimeout(hold.on_timeout),
                     created_at=now, deadline=now + (decision.timeout or hold.timeout), updated_at=now,
-                ), hold.replay_window)
+                ), hold.replay_window, hold.max_pending_per_agent)
             if created:
                 log.info("held %s %s %s%s as %s (rule %s)", agent.id, req.method, req.authority, req.path,
                          rec.id, rec.rule)
@@ -275,10 +270,6 @@ class Gate:
         claimed = await self.store.claim(request_id, self.clock(), self.owner)
         if claimed is None:
             return None
-        task = asyncio.current_task()
-        if task is not None:
-            self._forwards[request_id] = task  # type: ignore[assignment]
-            task.add_done_callback(lambda _t: self._forwards.pop(request_id, None))
         return await self._forward_held(claimed)
 
     async def _forward_held(self, rec: HoldRecord) -> Reply:

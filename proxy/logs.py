@@ -69,8 +69,20 @@ _current: ContextVar[Access | None] = ContextVar("hitl_access", default=None)
 class Access:
     """One agent request's access line, filled in by the listener and the gate."""
 
-    __slots__ = ("started", "client", "request_id", "agent", "method", "host", "path", "action",
-                 "rule", "status", "error", "_token")
+    __slots__ = (
+        "_token",
+        "action",
+        "agent",
+        "client",
+        "error",
+        "host",
+        "method",
+        "path",
+        "request_id",
+        "rule",
+        "started",
+        "status",
+    )
 
     def __init__(self, client: str) -> None:
         self.started = time.perf_counter()

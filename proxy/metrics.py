@@ -46,7 +46,7 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variabl
 def share_between_processes(folder: str) -> None:
     """Count into files under ``folder`` from now on, in this process and its children."""
     os.environ[MULTIPROCESS_DIR] = folder
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -105,7 +105,7 @@ class Metrics:
         if self._shared is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self._shared)
+        MultiProcessCollector(registry, path=self._shared)  # type: ignore[no-untyped-call]
         registry.register(self._build)
         return generate_latest(registry)
 

@@ -139,7 +139,7 @@ class AgentRequest:
         """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest."""
         key = self.header("idempotency-key")
         tail = f"key:{key}" if key is not None else f"body:{self.body_digest()}"
-        raw = "\n".join((agent_id, self.method, self.url, tail))
+        raw = f"{agent_id}\n{self.method}\n{self.url}\n{tail}"
         return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
     def content_digest(self) -> str:

@@ -203,7 +203,7 @@ class ProxyServer:
         if target.startswith("/"):
             path = target
         else:
-            scheme, t_host, t_port, path = _split_absolute(target)
+            _scheme, t_host, t_port, path = _split_absolute(target)
             if (t_host, t_port) != (host, port):
                 raise MisdirectedRequest(f"request for {t_host}:{t_port} inside a tunnel to {host}:{port}")
         host_header = headers.get("host")

@@ -46,6 +46,7 @@ def detach(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[
     owns, and the bytes the stream had already read but nobody consumed (to be sent first).
     The stream's transport is closed; the connection lives on in the duplicate."""
     transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)  # a stream's socket transport reads too
     transport.pause_reading()  # no more bytes into the reader: what it holds now is all
     buffered = bytes(reader._buffer)  # type: ignore[attr-defined]  # no public "take buffered"
     reader._buffer.clear()  # type: ignore[attr-defined]

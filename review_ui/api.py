@@ -14,18 +14,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.errors import BadRequest, GateError, InvalidTransition, NotFound, StoreError
+from proxy.errors import BadRequest, NotFound
 from proxy.gate import Gate
 from proxy.model import Reviewer, Verdict
 from review_ui.auth import ReviewerAuth
+from review_ui.errors import Unauthorized
 from review_ui.serialize import audit_json, grant_json, request_json
 
 Handler = Callable[[Request], Awaitable[Response]]
+AUDIT_PAGE_LIMIT = 1000
 STATUSES = {"pending", "approved", "forwarding", "forwarded", "rejected", "expired", "failed"}
-
-
-def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
 
 
 class ReviewAPI:
@@ -62,23 +60,12 @@ class ReviewAPI:
 
     # -- plumbing ------------------------------------------------------------------------
     def _authenticated(self, handler: Callable[[Request, Reviewer], Awaitable[Response]]) -> Handler:
+        """The reviewer, or 401. Errors become responses in the app's handlers (errors.py)."""
         async def endpoint(request: Request) -> Response:
-            try:
-                reviewer = await self.auth.reviewer(request)
-            except GateError as exc:  # e.g. a session without its CSRF token
-                return error(exc.status, exc.code, exc.message)
+            reviewer = await self.auth.reviewer(request)
             if reviewer is None:
-                return error(401, "unauthorized", "log in, or send Authorization: Bearer <token>")
-            try:
-                return await handler(request, reviewer)
-            except NotFound as exc:
-                return error(404, "not_found", str(exc))
-            except InvalidTransition as exc:
-                return error(409, "conflict", str(exc), status=exc.current)
-            except GateError as exc:
-                return error(exc.status, exc.code, exc.message)
-            except StoreError as exc:
-                return error(503, "store_unavailable", str(exc))
+                raise Unauthorized("log in, or send Authorization: Bearer <token>")
+            return await handler(request, reviewer)
 
         endpoint.__name__ = handler.__name__
         return endpoint
@@ -127,7 +114,7 @@ class ReviewAPI:
             raise BadRequest("limit must be a number") from exc
         if not 1 <= limit <= 500:
             raise BadRequest("limit must be between 1 and 500")
-        items, cursor = await self.gate.store.list(
+        items, cursor = await self.gate.store.list_requests(
             statuses=statuses or None, agent=q.get("agent") or None, host=q.get("host") or None,
             text=q.get("q") or None, limit=limit, cursor=q.get("cursor") or None)
         return JSONResponse({"items": [request_json(r, self.secret_headers, reviewer) for r in items],
@@ -189,9 +176,12 @@ class ReviewAPI:
         q = request.query_params
         try:
             after = int(q.get("after", "0"))
-            limit = min(int(q.get("limit", "100")), 1000)
+            limit = int(q.get("limit", "100"))
         except ValueError as exc:
-            raise BadRequest("after and limit must be numbers") from exc
+            raise BadRequest("after and limit must be whole numbers") from exc
+        if after < 0 or limit < 1:
+            raise BadRequest("after must be 0 or more and limit 1 or more")
+        limit = min(limit, AUDIT_PAGE_LIMIT)  # a bigger page is cut to the cap; next_after goes on
         records = await self.gate.store.audit_list(after=after, limit=limit,
                                                    request_id=q.get("request_id") or None)
         return JSONResponse({"items": [audit_json(r) for r in records],

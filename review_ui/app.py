@@ -6,27 +6,17 @@ from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from proxy.config import Settings
 from proxy.gate import Gate
 from review_ui.api import ReviewAPI
 from review_ui.auth import ReviewerAuth
+from review_ui.errors import EXCEPTION_HANDLERS
 from review_ui.security import SecurityHeaders
 from review_ui.sessions import Sessions
 from review_ui.tuning import Tuning
 from review_ui.web import WebUI
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "not_found", "message": f"no route {request.url.path}"}, status_code=404)
-
-
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "method_not_allowed", "message": f"{request.method} is not allowed here"},
-                        status_code=405)
 
 
 def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dict[str, bool]]],
@@ -42,9 +32,9 @@ def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dic
         sessions = Sessions(settings, admin_token)
         auth.session_reviewer = sessions.api_reviewer
         web = WebUI(gate, sessions)
-        routes += web.routes() + tuning.page_routes(web)
+        routes += [*web.routes(), *tuning.page_routes(web)]
     return Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={404: _not_found, 405: _method_not_allowed},
+        exception_handlers=dict(EXCEPTION_HANDLERS),
     )

@@ -27,6 +27,7 @@ from proxy.errors import StoreError
 from proxy.gate import Gate
 from proxy.model import Reviewer
 from review_ui import present
+from review_ui.errors import Unauthorized
 from review_ui.serialize import grant_json, request_json
 from review_ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
 from review_ui.tuning import grant_offer
@@ -53,7 +54,8 @@ def _expires_in(value: str | None) -> str:
 
 def _ended_at(grant: dict[str, Any]) -> str:
     """When a grant stopped applying: revoked, or expired, whichever came first."""
-    revoked, expires = grant["revoked_at"], grant["expires_at"]
+    revoked: str | None = grant["revoked_at"]
+    expires: str = grant["expires_at"]
     return min(revoked, expires) if revoked else expires  # RFC 3339 UTC sorts as text
 
 
@@ -111,7 +113,7 @@ class WebUI:
             if found is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 if request.url.path.endswith(".json"):
-                    return JSONResponse({"error": "unauthorized", "message": "log in"}, status_code=401)
+                    raise Unauthorized("log in")
                 return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
             session, reviewer = found
             try:
@@ -205,7 +207,7 @@ class WebUI:
         status = q.get("status", "pending")
         statuses = QUEUE_FILTERS.get(status, ["pending"])
         agent, host = q.get("agent", "").strip(), q.get("host", "").strip()
-        items, _ = await self.gate.store.list(statuses=statuses, agent=agent or None,
+        items, _ = await self.gate.store.list_requests(statuses=statuses, agent=agent or None,
                                               host=host or None, limit=QUEUE_LIMIT)
         rows = sorted((self._json(r, reviewer) for r in items), key=lambda r: r["deadline"] or "")
         return {"items": rows, "pending": await self.gate.store.count_pending(),
@@ -227,7 +229,7 @@ class WebUI:
 
     async def _facets(self) -> tuple[list[str], list[str]]:
         """Agents and hosts seen among recent requests, for the filter pickers."""
-        items, _ = await self.gate.store.list(limit=QUEUE_LIMIT)
+        items, _ = await self.gate.store.list_requests(limit=QUEUE_LIMIT)
         return (sorted({r.agent for r in items}), sorted({r.request.host for r in items}))
 
     async def detail(self, request: Request, session: Session, reviewer: Reviewer) -> Response:
@@ -256,7 +258,7 @@ class WebUI:
         statuses = DECIDED_STATUSES
         if filters["outcome"] in DECIDED_STATUSES:
             statuses = [filters["outcome"]]
-        items, cursor = await self.gate.store.list(
+        items, cursor = await self.gate.store.list_requests(
             statuses=statuses, agent=filters["agent"] or None, host=filters["host"] or None,
             text=filters["q"] or None, limit=50, cursor=q.get("cursor") or None)
         older = None

@@ -99,7 +99,7 @@ def test_every_copied_file_exists() -> None:
 def test_image_entry_command_serves_and_its_healthcheck_passes(tmp_path: Path) -> None:
     """Lay the image's files out as the final stage's COPY lines do, under tmp_path, and run
     its CMD with the env overrides an operator would use."""
-    config_src, config_in_image = baked_config_path()
+    _config_src, config_in_image = baked_config_path()
     root = tmp_path / "image"
     for args in final_stage()["COPY"]:
         if args.startswith("--from"):
@@ -125,7 +125,7 @@ def test_image_entry_command_serves_and_its_healthcheck_passes(tmp_path: Path) -
         port = proc.review_url.rsplit(":", 1)[1]
         argv = [sys.executable if a == "python" else a.replace("127.0.0.1:8081", f"127.0.0.1:{port}")
                 for a in argv]
-        assert subprocess.run(argv, timeout=30).returncode == 0
+        assert subprocess.run(argv, timeout=30, check=False).returncode == 0
     finally:
         proc.stop()
     lines = [line for line in proc.lines if not line.startswith("hitl-proxy: ")]
@@ -270,7 +270,7 @@ def test_k8s_sidecar_is_consistent() -> None:
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
 def test_egress_lock_script_parses() -> None:
-    assert subprocess.run(["sh", "-n", str(DEPLOY / "k8s" / "egress-lock.sh")], timeout=10).returncode == 0
+    assert subprocess.run(["sh", "-n", str(DEPLOY / "k8s" / "egress-lock.sh")], timeout=10, check=False).returncode == 0
 
 
 # -- Prometheus rules and the Grafana dashboard --------------------------------------------

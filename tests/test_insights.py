@@ -96,8 +96,8 @@ def test_insights_over_a_seeded_history_match_a_hand_count(make_hitl: Callable[.
         assert data["suggestions"] == [
             "payments.small: 20 holds, 95% approved, median 10 s: raise the threshold or make it grantable",
             "tickets.close: 12 holds, 100% approved, median 2 s: narrow the rule or allow these requests",
-            "tickets.close: 12 of 12 decisions took 5 s or less: reviewers may be approving without "
-            "reading (rubber-stamping)",
+            ("tickets.close: 12 of 12 decisions took 5 s or less: reviewers may be approving without "
+            "reading (rubber-stamping)"),
             "email.external: 30% expired: too few eligible reviewers (or a deadline too short for them)",
         ]
         month = rules_by_name(api.get("/api/insights", params={"window": "30d"}).json())

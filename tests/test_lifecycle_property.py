@@ -19,13 +19,12 @@ import asyncio
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -139,7 +138,7 @@ class GateRig:
         return self.run(self.gate.store.get(request_id))
 
     def all_records(self) -> list[Any]:
-        items, _ = self.run(self.gate.store.list(limit=10_000))
+        items, _ = self.run(self.gate.store.list_requests(limit=10_000))
         return items  # type: ignore[no-any-return]
 
     def close(self) -> None:

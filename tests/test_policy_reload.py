@@ -38,7 +38,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 def reload_count(hitl: Hitl, result: str) -> float:
     text = httpx.get(hitl.review_url + "/metrics", trust_env=False, timeout=10).text
-    m = re.search(rf'^hitl_policy_reloads_total\{{result="{result}"\}} (\S+)$', text, re.M)
+    m = re.search(rf'^hitl_policy_reloads_total\{{result="{result}"\}} (\S+)$', text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
 
 

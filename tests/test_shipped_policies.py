@@ -60,8 +60,8 @@ CASES: dict[str, list[tuple[AgentRequest, Agent, Action, str, str | None]]] = {
          'billing-agent wants to send "Invoice 42" to ann@example.com via SendGrid'),
         (req("POST", SG, {"personalizations": [{"to": [{"email": "ann@example.com"}], "bcc": [{"email": "eve@evil.test"}]}], "subject": "Hi"}),
          BILLING, Action.HOLD, "email.external",
-         'billing-agent wants to send "Hi" to ann@example.com, eve@evil.test via SendGrid'
-         " — 1 recipient outside your domains: eve@evil.test"),
+         ('billing-agent wants to send "Hi" to ann@example.com, eve@evil.test via SendGrid'
+         " — 1 recipient outside your domains: eve@evil.test")),
         (req("POST", "https://api.mailgun.net/v3/mg.example.com/messages",
              b"to=Ann+%3Cann%40example.com%3E%2C+carl%40x.io&to=dan%40y.io&subject=Hello", FORM),
          BILLING, Action.HOLD, "email.external", "...2 recipients outside your domains: carl@x.io, dan@y.io"),
@@ -71,16 +71,16 @@ CASES: dict[str, list[tuple[AgentRequest, Agent, Action, str, str | None]]] = {
         (req("POST", "https://gmail.googleapis.com/gmail/v1/users/me/messages/send",
              {"raw": raw_mail("To: ann@example.com\r\nCc: Bob <bob@other.org>\r\nSubject: Numbers\r\n\r\nTo: hidden@evil.test\r\n")}),
          BILLING, Action.HOLD, "email.external",
-         'billing-agent wants to send "Numbers" to ann@example.com, bob@other.org via Gmail'
-         " — 1 recipient outside your domains: bob@other.org"),
+         ('billing-agent wants to send "Numbers" to ann@example.com, bob@other.org via Gmail'
+         " — 1 recipient outside your domains: bob@other.org")),
         (req("POST", "https://gmail.googleapis.com/gmail/v1/users/me/messages/send", {"raw": "!!"}),
          BILLING, Action.HOLD, "email.send",
          "billing-agent wants to send an email without a subject to recipients the proxy cannot read via Gmail"),
         (req("POST", "https://graph.microsoft.com/v1.0/me/sendMail",
              {"message": {"subject": "Lunch", "toRecipients": [{"emailAddress": {"address": "x@partner.test"}}]}}),
          Agent("anonymous", "10.0.0.8"), Action.HOLD, "email.external",
-         'an anonymous agent wants to send "Lunch" to x@partner.test via Microsoft Graph'
-         " — 1 recipient outside your domains: x@partner.test"),
+         ('an anonymous agent wants to send "Lunch" to x@partner.test via Microsoft Graph'
+         " — 1 recipient outside your domains: x@partner.test")),
         (req("POST", "https://graph.microsoft.com/v1.0/me/events", {}), BILLING, Action.HOLD,  # email host: other writes held
          "sensitive.write", "billing-agent wants to POST https://graph.microsoft.com/v1.0/me/events on Microsoft Graph"),
         (req("POST", "https://api.sendgrid.com/v3/templates", {"name": "t"}), BILLING, Action.HOLD,
@@ -101,11 +101,11 @@ CASES: dict[str, list[tuple[AgentRequest, Agent, Action, str, str | None]]] = {
          BILLING, Action.HOLD, "payments.charge", "billing-agent wants to charge 20000 JPY via Stripe"),
         (req("POST", STRIPE + "/v1/transfers", {"amount": 1500000, "currency": "usd", "destination": "acct_9"}),
          BILLING, Action.DENY, "payments.over_limit",
-         "refused: billing-agent may not transfer 15000.00 USD via Stripe"
-         " (the limit for agents is 10000 USD; use another channel)"),
+         ("refused: billing-agent may not transfer 15000.00 USD via Stripe"
+         " (the limit for agents is 10000 USD; use another channel)")),
         (req("POST", STRIPE + "/v1/charges/ch_1/refunds", {}), BILLING, Action.HOLD, "payments.refund",
-         "billing-agent wants to refund via Stripe; the request states no amount the policy can read:"
-         " POST https://api.stripe.com/v1/charges/ch_1/refunds"),
+         ("billing-agent wants to refund via Stripe; the request states no amount the policy can read:"
+         " POST https://api.stripe.com/v1/charges/ch_1/refunds")),
         (req("POST", STRIPE + "/v1/charges", {"amount": "50 dollars", "currency": "usd"}),
          BILLING, Action.HOLD, "payments.charge", "...the request states no amount the policy can read: POST https://api.stripe.com/v1/charges"),
         (req("DELETE", STRIPE + "/v1/customers/cus_123"), BILLING, Action.HOLD, "payments.write",

@@ -165,8 +165,8 @@ def test_the_text_filter_ignores_case_as_on_sqlite(pg_url: str) -> None:
     store = PostgresBackend(pg_url)
     try:
         store.create(_record())  # message "m", host api.example.com
-        assert len(store.list(text="API.EXAMPLE")[0]) == 1
-        assert len(store.list(text="nothing")[0]) == 0
+        assert len(store.list_requests(text="API.EXAMPLE")[0]) == 1
+        assert len(store.list_requests(text="nothing")[0]) == 0
     finally:
         store.close()
 

@@ -125,7 +125,7 @@ class Curl:
         self.thread.start()
 
     def _run(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=40)
+        self.result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=40, check=False)
 
     def done(self, timeout: float = 30) -> str:
         self.thread.join(timeout)

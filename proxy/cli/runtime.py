@@ -203,7 +203,9 @@ class Runtime:
             store_ok = True
         except (StoreError, TimeoutError):
             store_ok = False
-        return {"store": store_ok, "policy": self.gate.policy is not None,
+        # The policy needs no check: the start fails without one, and a failed reload keeps
+        # the one in force. The review listener answers before the proxy's is up.
+        return {"store": store_ok,
                 "listeners": (self.proxy_address is not None or self.role == "review")
                 and (self.review_address is not None or self.role == "proxy")}
 
@@ -278,8 +280,7 @@ async def serve(settings: Settings, role: str = "all", worker_of: int | None = N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if hasattr(runtime, "reload_policy"):
-        loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)  # type: ignore[attr-defined]
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     await stop.wait()
     print("hitl-proxy: shutting down", file=sys.stderr, flush=True)
     await runtime.stop()

@@ -42,8 +42,9 @@ class AsyncStore:
     async def create(self, rec: HoldRecord) -> HoldRecord:
         return await self._run(self.backend.create, rec)
 
-    async def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
-        return await self._run(self.backend.create_or_attach, rec, replay_window)
+    async def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                               max_pending: int | None = None) -> tuple[HoldRecord, bool]:
+        return await self._run(self.backend.create_or_attach, rec, replay_window, max_pending)
 
     async def get(self, request_id: str) -> HoldRecord | None:
         return await self._run(self.backend.get, request_id)
@@ -60,8 +61,8 @@ class AsyncStore:
     async def count_by_status(self) -> dict[str, int]:
         return await self._run(self.backend.count_by_status)
 
-    async def list(self, **filters: Any) -> tuple[list[HoldRecord], str | None]:
-        return await self._run(self.backend.list, **filters)
+    async def list_requests(self, **filters: Any) -> tuple[list[HoldRecord], str | None]:
+        return await self._run(self.backend.list_requests, **filters)
 
     async def decide(self, request_id: str, reviewer: str, verdict: str, comment: str, now: float,
                      **kwargs: Any) -> HoldRecord:
@@ -88,9 +89,6 @@ class AsyncStore:
 
     async def recover(self, now: float, owner: str | None = None) -> list[HoldRecord]:
         return await self._run(self.backend.recover, now, owner)
-
-    async def next_deadline(self) -> float | None:
-        return await self._run(self.backend.next_deadline)
 
     async def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
                         request_id: str | None, now: float) -> Grant:

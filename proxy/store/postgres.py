@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from proxy.config_types import STORE_SCHEMA_NAME
@@ -164,7 +165,8 @@ class PostgresBackend(SqlBackend):
 
     # -- plumbing ------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
-        conn = psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row, **self._params)
+        conn = psycopg.connect(make_conninfo(self._conninfo, **self._params), autocommit=True,
+                               row_factory=dict_row)
         try:
             # statement_timeout bounds a stuck server; idle_in_transaction_session_timeout frees
             # the write lock of a process frozen mid-transaction (SIGSTOP, a debugger).

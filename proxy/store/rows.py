@@ -49,13 +49,13 @@ def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
     response = None
     if row["response_status"] is not None and row["response_body"] is not None:
         response = UpstreamResponse(row["response_status"],
-                                    tuple(tuple(h) for h in json.loads(row["response_headers"])),  # type: ignore[misc]
+                                    tuple(tuple(h) for h in json.loads(row["response_headers"])),
                                     bytes(row["response_body"]), row["response_reason"] or "")
     return HoldRecord(
         id=row["id"], status=HoldStatus(row["status"]), fingerprint=row["fingerprint"],
         agent=row["agent"], agent_address=row["agent_address"] or "",
         request=AgentRequest(row["method"], row["scheme"], row["host"], row["port"], row["target"],
-                             tuple(tuple(h) for h in json.loads(row["headers"])),  # type: ignore[misc]
+                             tuple(tuple(h) for h in json.loads(row["headers"])),
                              bytes(row["body"] or b"")),
         message=row["message"] or "", rule=row["rule"] or "default",
         reviewers=tuple(json.loads(row["reviewers"] or "[]")),
@@ -64,7 +64,7 @@ def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
         deadline=row["deadline"], updated_at=row["updated_at"],
         decisions=decisions, comments=comments,
         edit_body=None if row["edit_body"] is None else bytes(row["edit_body"]),
-        edit_headers=tuple(tuple(h) for h in json.loads(row["edit_headers"])) if row["edit_headers"] else (),  # type: ignore[misc]
+        edit_headers=tuple(tuple(h) for h in json.loads(row["edit_headers"])) if row["edit_headers"] else (),
         approved_digest=row["approved_digest"], decided_at=row["decided_at"],
         response=response, response_status=row["response_status"],
         forwarded_at=row["forwarded_at"], failure_reason=row["failure_reason"],

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config_types import store_busy_timeout
-from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError
+from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
 from proxy.redact import SECRET_HEADERS
 from proxy.store.records import (
@@ -153,7 +153,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def audit_list(self, *, after: int = 0, limit: int = 100,
                    request_id: str | None = None) -> list[AuditRecord]:
-        sql, params = "SELECT * FROM audit WHERE seq > ?", [after]
+        sql = "SELECT * FROM audit WHERE seq > ?"
+        params: list[Any] = [after]
         if request_id:
             sql += " AND request_id = ?"
             params.append(request_id)
@@ -184,14 +185,20 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._insert(rec)
         return rec
 
-    def create_or_attach(self, rec: HoldRecord, replay_window: float) -> tuple[HoldRecord, bool]:
+    def create_or_attach(self, rec: HoldRecord, replay_window: float,
+                         max_pending: int | None = None) -> tuple[HoldRecord, bool]:
         """Rule 3 made atomic: the lookup by fingerprint and the insert share one write
         transaction, so identical requests arriving together make one review item.
-        Returns (record, created)."""
+        ``max_pending`` (``hold.max_pending_per_agent``) is counted in that same
+        transaction: with writers serialized (Rule 2), concurrent holds of one agent can
+        never pass it together. Returns (record, created); TooManyPending past the limit."""
         with self._tx():
             found = self.find_by_fingerprint(rec.fingerprint, rec.created_at, replay_window)
             if found is not None:
                 return found, False
+            if max_pending is not None and self.count_pending(rec.agent) >= max_pending:
+                raise TooManyPending(f"{rec.agent} already has {max_pending} requests waiting for "
+                                     "review; wait for decisions before sending more")
             self._insert(rec)
         return rec, True
 
@@ -248,10 +255,11 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         return {r["status"]: int(r["n"])
                 for r in self._q("SELECT status, count(*) AS n FROM requests GROUP BY status")}
 
-    def list(self, *, statuses: list[str] | None = None, agent: str | None = None,
+    def list_requests(self, *, statuses: list[str] | None = None, agent: str | None = None,
              host: str | None = None, text: str | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[HoldRecord], str | None]:
-        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(statuses)
@@ -290,7 +298,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 due = HoldStatus.APPROVED if rec.on_timeout is OnTimeout.ALLOW else HoldStatus.EXPIRED
                 raise InvalidTransition(request_id, due.value, wanted.value)
             if any(d.reviewer == reviewer for d in rec.decisions):
-                raise InvalidTransition(request_id, f"already decided by {reviewer}", wanted.value)
+                raise InvalidTransition(request_id, rec.status.value, wanted.value,
+                                        f"{reviewer} has already decided it")
             self._exec(
                 "INSERT INTO decisions (request_id, reviewer, verdict, comment, at) VALUES (?,?,?,?,?)",
                 (request_id, reviewer, verdict, comment, now),
@@ -417,10 +426,6 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
         return [self.fail(i, "interrupted", now) for i in gone]
 
-    def next_deadline(self) -> float | None:
-        return self._scalar(  # type: ignore[no-any-return]
-            "SELECT min(deadline) AS d FROM requests WHERE status IN ('pending','approved')")
-
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:
         if not can_transition(rec.status, wanted):
@@ -431,7 +436,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             (wanted.value, now, *extra_params, rec.id, rec.status.value),
         )
         if moved != 1:
-            raise InvalidTransition(rec.id, "changed concurrently", wanted.value)
+            now_status = self._scalar("SELECT status FROM requests WHERE id=?", (rec.id,))
+            raise InvalidTransition(rec.id, str(now_status), wanted.value, "it changed concurrently")
 
     def _scrub(self, request_id: str) -> None:
         row = self._q("SELECT headers, edit_headers FROM requests WHERE id=?", (request_id,))[0]

@@ -63,19 +63,19 @@ class SqliteBackend(SqlBackend):
     # -- schema --------------------------------------------------------------------------
     def _create_schema(self) -> None:
         db = self.db
-        db["requests"].create(REQUEST_COLUMNS, pk="id", if_not_exists=True,
+        db.table("requests").create(REQUEST_COLUMNS, pk="id", if_not_exists=True,
                               not_null={"status", "fingerprint", "agent"})
-        db["requests"].create_index(["fingerprint"], if_not_exists=True)
-        db["requests"].create_index(["status", "deadline"], if_not_exists=True)
-        db["requests"].create_index(["agent", "status"], if_not_exists=True)
-        db["decisions"].create(DECISION_COLUMNS, if_not_exists=True)
-        db["decisions"].create_index(["request_id"], if_not_exists=True)
-        db["comments"].create(COMMENT_COLUMNS, if_not_exists=True)
-        db["comments"].create_index(["request_id"], if_not_exists=True)
-        db["grants"].create(GRANT_COLUMNS, pk="id", if_not_exists=True)
-        db["claims"].create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
-        db["forwarders"].create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
-        db["audit"].create(AUDIT_COLUMNS, pk="seq", if_not_exists=True)
+        db.table("requests").create_index(["fingerprint"], if_not_exists=True)
+        db.table("requests").create_index(["status", "deadline"], if_not_exists=True)
+        db.table("requests").create_index(["agent", "status"], if_not_exists=True)
+        db.table("decisions").create(DECISION_COLUMNS, if_not_exists=True)
+        db.table("decisions").create_index(["request_id"], if_not_exists=True)
+        db.table("comments").create(COMMENT_COLUMNS, if_not_exists=True)
+        db.table("comments").create_index(["request_id"], if_not_exists=True)
+        db.table("grants").create(GRANT_COLUMNS, pk="id", if_not_exists=True)
+        db.table("claims").create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
+        db.table("forwarders").create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
+        db.table("audit").create(AUDIT_COLUMNS, pk="seq", if_not_exists=True)
         for statement in DECISION_LOG_SCHEMA:  # store/tuning.py
             db.conn.execute(statement)
         self._add_missing_columns()
