@@ -26,7 +26,7 @@ class OnTimeout(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The policy's answer, parsed once (DESIGN §5)."""
+    """The policy's answer, parsed once (docs/policies.md)."""
 
     action: Action
     message: str = ""
@@ -61,7 +61,7 @@ class HoldStatus(enum.StrEnum):
 
 _FINAL = frozenset({HoldStatus.FORWARDED, HoldStatus.REJECTED, HoldStatus.EXPIRED, HoldStatus.FAILED})
 
-# The hold lifecycle's state table (DESIGN §7): the only transitions a store may make.
+# The hold lifecycle's state table (docs/architecture.md): the only transitions a store may make.
 # ``approved → expired`` covers an approval whose agent never came back before the deadline.
 TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
     HoldStatus.PENDING: frozenset({HoldStatus.APPROVED, HoldStatus.REJECTED, HoldStatus.EXPIRED}),
