@@ -11,11 +11,14 @@
 #   payments.rego  data.hitl.payments   Stripe and PayPal charges, refunds, payouts, transfers
 #   database.rego  data.hitl.database   PostgREST / Supabase, Hasura, {"sql": ...} gateways
 #   posting.rego   data.hitl.posting    X, LinkedIn, Slack, GitHub comments
+#   mcp.rego       data.hitl.mcp        MCP tool calls (JSON-RPC), on any host
 #
 # Each has a function `decide(r, a)` of the request and the agent (functions, not
 # rules: see lib.rego), undefined when the request is none of its business.
-# This file asks only the use case of the request's host; then the safe default:
+# This file asks mcp.rego first when the request is an MCP message (input.mcp), then
+# only the use case of the request's host; then the safe default:
 #
+#   0. an MCP call that mcp.rego decides (a dangerous tool, a malformed body): its answer;
 #   1. a host that is not listed: allow (rule "default"), after one table lookup;
 #   2. reads (config.reads: GET, HEAD, OPTIONS) and CONNECT: allow;
 #   3. writes (config.writes) to a host whose use case is in config.hold_writes: hold
@@ -32,6 +35,8 @@ import data.hitl.lib
 default decision := {"action": "allow", "rule": "default"}
 
 decision := d if {
+	d := data.hitl.mcp.decide(mcp, agent)
+} else := d if {
 	lib.service.use != "none"
 	d := by_use(lib.service.use, request, agent)
 }
@@ -47,6 +52,13 @@ request := {
 }
 
 agent := {"id": input.agent.id}
+
+# One call of an MCP message (undefined for other requests); id and session are not
+# read, so identical calls share the decision cache.
+mcp := {
+	"method": input.mcp.method, "tool": input.mcp.tool,
+	"arguments": input.mcp.arguments, "error": input.mcp.error,
+}
 
 by_use(use, r, a) := data.hitl.email.decide(r, a) if {
 	use == "email"

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from proxy import mcp
 from proxy.config import Settings
 from proxy.decision_log import DecisionRecorder, ShadowEvent
 from proxy.errors import (
@@ -91,6 +92,7 @@ class Reply:
     approved_by: tuple[str, ...] = ()
     replayed: bool = False
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    sent: bytes | None = None  # the body forwarded for a held request (to re-address MCP answers)
 
     def gate_headers(self) -> list[tuple[str, str]]:
         out = [("X-HITL-Request-Id", self.request_id)]
@@ -117,18 +119,25 @@ class Gate:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
+        self.mcp_streams = mcp.StreamMemory()  # which MCP endpoints answer with event streams
         p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
         self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
                                          secret_headers=self._secret_headers,
                                          on_drop=self.metrics.decision_log_dropped.inc)
 
     # -- the data plane's entry ----------------------------------------------------------
-    async def judge(self, req: AgentRequest, agent: Agent, request_id: str) -> Decision:
+    async def judge(self, req: AgentRequest, agent: Agent, request_id: str,
+                    doc: dict[str, Any] | None = None, rpc: mcp.Message | None = None) -> Decision:
         started = time.perf_counter()
         now = self.clock()
         try:
-            doc = build_input(req, agent, now, self._secret_headers)
-            decision = await self.policy.decide(doc)
+            if doc is None:
+                doc = build_input(req, agent, now, self._secret_headers)
+            if rpc is None:
+                decision = await self.policy.decide(doc)
+            else:  # each call of a JSON-RPC message judged on its own; the strictest wins
+                decision = mcp.strictest([await self.policy.decide({**doc, "mcp": call})
+                                          for call in rpc.policy_inputs()])
         except PolicyError as exc:
             self.metrics.requests.labels("error", "policy_error").inc()
             note(agent=agent.id, host=req.authority, path=req.path, action="error", rule="policy_error")
@@ -159,13 +168,53 @@ class Gate:
 
     async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
         request_id = new_id()
-        decision = await self.judge(req, agent, request_id)
+        doc = build_input(req, agent, self.clock(), self._secret_headers)
+        rpc = mcp.read(req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
+        if rpc is None or not rpc.answerable:
+            return await self._act(req, agent, request_id, doc, rpc)
+        try:  # MCP: answered on the JSON-RPC level, so the client and its model understand
+            reply = await self._act(req, agent, request_id, doc, rpc)
+        except GateError as exc:
+            return await self._mcp_refusal(req, rpc, exc, request_id)
+        return self._mcp_readdress(req, rpc, reply)
+
+    async def _act(self, req: AgentRequest, agent: Agent, request_id: str, doc: dict[str, Any],
+                   rpc: mcp.Message | None) -> Reply:
+        decision = await self.judge(req, agent, request_id, doc, rpc)
         if decision.action is Action.ALLOW:
             return await self._forward_live(req, request_id)
         if decision.action is Action.DENY:
             raise DeniedByPolicy(decision.message or "denied by policy", request_id=request_id,
                                  rule=decision.rule)
-        return await self._hold(req, agent, decision)
+        return await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
+
+    async def _mcp_refusal(self, req: AgentRequest, rpc: mcp.Message, exc: GateError,
+                           request_id: str) -> Reply:
+        rid = exc.request_id or request_id
+        held = None
+        if isinstance(exc, ApprovalPending):
+            try:
+                held = await self.store.get(rid)
+            except StoreError:
+                pass
+        text = mcp.refusal_text(rpc, exc.code, exc.message, rid, held.message if held else None,
+                                exc.extra.get("reviewer"), exc.extra.get("comment"))
+        sse = mcp.wants_sse(req.header("accept"), self.mcp_streams.streams(mcp.endpoint(req)))
+        ctype, body = mcp.answer(rpc, text, exc.code, sse)
+        extra = [("X-HITL-Error", exc.code)]
+        if exc.retry_after is not None:
+            extra.append(("Retry-After", str(exc.retry_after)))
+        return Reply(rid, 200, "OK", [("Content-Type", ctype), ("Cache-Control", "no-store")],
+                     body=body, replayed=bool(exc.extra.get("replayed")), extra_headers=extra)
+
+    def _mcp_readdress(self, req: AgentRequest, rpc: mcp.Message, reply: Reply) -> Reply:
+        ctype = mcp.header(reply.headers, "content-type")
+        if reply.stream is not None:
+            self.mcp_streams.note(mcp.endpoint(req), ctype)
+        elif reply.sent is not None and reply.body:  # a held call's answer: to this call's ids
+            ids = mcp.id_map(mcp.parse_quiet(reply.sent), rpc)
+            reply.body = mcp.rewrite_ids(reply.body, ctype, ids)
+        return reply
 
     async def _forward_live(self, req: AgentRequest, request_id: str,
                             approved_by: tuple[str, ...] = ()) -> Reply:
@@ -178,13 +227,14 @@ class Gate:
                      approved_by=approved_by)
 
     # -- holding -------------------------------------------------------------------------
-    async def _hold(self, req: AgentRequest, agent: Agent, decision: Decision) -> Reply:
+    async def _hold(self, req: AgentRequest, agent: Agent, decision: Decision,
+                    content_key: str | None = None) -> Reply:
         now = self.clock()
         hold = self.settings.hold
         try:
             # A live record for this very request comes first: the approval that created a
             # grant must still forward (or replay) its own request, exactly once.
-            fingerprint = req.fingerprint(agent.id)
+            fingerprint = req.fingerprint(agent.id, content_key)
             rec = await self.store.find_by_fingerprint(fingerprint, now, hold.replay_window)
             if rec is None:
                 grant = await self.store.find_grant(agent.id, req.method, req.host, req.path, now)
@@ -296,7 +346,7 @@ class Gate:
         done = await self.store.complete(rec.id, response, now(), REPLAY_BODY_LIMIT)
         self._changed(rec.id, "forwarded")
         return Reply(rec.id, response.status, response.reason, list(response.headers),
-                     body=response.body, approved_by=done.approved_by)
+                     body=response.body, approved_by=done.approved_by, sent=fwd.body)
 
     def _replay(self, rec: HoldRecord) -> Reply:
         if rec.response is None:
@@ -304,7 +354,7 @@ class Gate:
                                 "large to keep; it is not sent again", request_id=rec.id)
         r = rec.response
         return Reply(rec.id, r.status, r.reason, list(r.headers), body=r.body,
-                     approved_by=rec.approved_by, replayed=True)
+                     approved_by=rec.approved_by, replayed=True, sent=rec.forward_request().body)
 
     def _rejection(self, rec: HoldRecord) -> RejectedByReviewer:
         rejection = rec.rejection

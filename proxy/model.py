@@ -135,10 +135,14 @@ class AgentRequest:
     def body_digest(self) -> str:
         return hashlib.sha256(self.body).hexdigest()
 
-    def fingerprint(self, agent_id: str) -> str:
-        """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest."""
+    def fingerprint(self, agent_id: str, content_key: str | None = None) -> str:
+        """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest,
+        and so does ``content_key``, the identity of an MCP call (``mcp.Message.content_key``)."""
         key = self.header("idempotency-key")
-        tail = f"key:{key}" if key is not None else f"body:{self.body_digest()}"
+        if key is not None:
+            tail = f"key:{key}"
+        else:
+            tail = f"mcp:{content_key}" if content_key is not None else f"body:{self.body_digest()}"
         raw = f"{agent_id}\n{self.method}\n{self.url}\n{tail}"
         return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 

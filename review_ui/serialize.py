@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy import mcp
 from proxy.model import Reviewer
 from proxy.redact import redact_headers
 from proxy.store.records import AuditRecord, Grant, HoldRecord, rfc3339
@@ -51,14 +52,23 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "response_status": rec.response_status,
         "failure_reason": rec.failure_reason,
         "edited": rec.edit_body is not None or bool(rec.edit_headers),
+        "mcp": _tool_calls(req.body),  # the MCP tool calls in the body, or null
     }
     if out["edited"]:
         fwd = rec.forward_request()
         out["edit"] = {"headers": redact_headers(fwd.headers, secret_headers),
-                       "body_text": _text(fwd.body)}
+                       "body_text": _text(fwd.body), "body_size": len(fwd.body),
+                       "mcp": _tool_calls(fwd.body)}
     if viewer is not None:
         out["can_decide"] = viewer.may_decide(rec.reviewers)
     return out
+
+
+def _tool_calls(body: bytes) -> dict[str, Any] | None:
+    return mcp.summary(body) if len(body) <= MCP_SUMMARY_LIMIT else None
+
+
+MCP_SUMMARY_LIMIT = 1024 * 1024  # bodies above this are not read for tool calls
 
 
 def grant_json(grant: Grant, now: float) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -53,6 +54,7 @@ log = logging.getLogger("hitl.review")
 COOKIE = "hitl_session"
 LOGIN_COOKIE = "hitl_login"  # double-submit token for the login form (login CSRF)
 SESSION_SECONDS = 12 * 3600
+KEY_BYTES = 32
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -70,23 +72,39 @@ class Session:
 
 
 def load_key(data_dir: Path) -> bytes:
-    """The signing key, created with mode 0600 on first use. Two processes racing to create
-    it both end up reading the one that won (O_EXCL)."""
+    """The signing key, created with mode 0600 on first use, written whole or not at all: a
+    temporary file, fsynced, then linked into place (two processes racing to create it both
+    end up reading the one that won). A file too short to be a key (an empty or truncated one
+    left by an older version's crash mid-write) is replaced: an HMAC with a known or tiny key
+    lets anyone forge a session."""
     path = data_dir / "ui-session-key"
     try:
         key = path.read_bytes()
-        if len(key) >= 32:
-            return key
     except FileNotFoundError:
-        pass
+        key = None
+    if key is not None and len(key) >= KEY_BYTES:
+        return key
+    if key is not None:
+        log.warning("%s holds %d bytes, too short to be a key; writing a new one (its sessions end)",
+                    path, len(key))
     data_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".ui-session-key.")  # created 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        if key is None:
+            with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+                os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) < KEY_BYTES:  # only a file changed under us gets here
+        raise OSError(f"{path} holds {len(key)} bytes, too short to be a session key; delete it")
+    return key
 
 
 def load_revoked(path: Path, now: float) -> dict[str, float]:

@@ -243,8 +243,7 @@ class WebUI:
         edit_body = None
         if item.get("edit"):
             e = item["edit"]
-            edit_body = present.present_body(e["body_text"], len((e["body_text"] or "").encode()),
-                                             e["headers"])
+            edit_body = present.present_body(e["body_text"], e["body_size"], e["headers"])
         return self.render(
             "detail.html", page="detail", item=item, body=body, edit_body=edit_body,
             json_body=body.kind == "json" or present.is_json_type(present.content_type(item["headers"])),

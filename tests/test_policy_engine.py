@@ -74,7 +74,7 @@ def test_shipped_policy_allows_connect(engine: EmbeddedEngine) -> None:
 
 def test_describe(engine: EmbeddedEngine) -> None:
     text = engine.describe()
-    assert "regopy" in text and "data.hitl.decision" in text and "6 policy files" in text
+    assert "regopy" in text and "data.hitl.decision" in text and "7 policy files" in text
 
 
 TRICKY = {

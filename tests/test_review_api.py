@@ -4,6 +4,7 @@ the CLI; bad audit pages are 400; every error is the flat JSON shape, never a 50
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from typing import Any
 
@@ -95,3 +96,24 @@ def test_review_api_errors_are_flat_json_not_500(hitl: Hitl) -> None:
         assert api.delete("/api/grants/nope").status_code == 404
     r = httpx.get(hitl.review_url + "/api/requests", trust_env=False)
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+
+
+def test_an_edited_binary_body_shows_its_size_on_the_detail_page_and_is_forwarded(
+        hitl: Hitl, upstream: Upstream) -> None:
+    binary = bytes([0, 0xFF, 0xFE, 1, 2, 0x80, 0xC3])  # not UTF-8
+    thread, box, rid = _hold(hitl, upstream, "/hold/upload")
+    with hitl.api() as api:
+        r = api.post(f"/api/requests/{rid}/approve",
+                     json={"edit": {"body_base64": base64.b64encode(binary).decode()}})
+        assert r.status_code == 200, r.text
+        edit = r.json()["edit"]
+        assert edit["body_text"] is None and edit["body_size"] == len(binary)
+    thread.join(15)
+    assert box["result"].status_code == 200
+    assert [x.body for x in upstream.received if x.path.startswith("/hold")] == [binary]
+    with httpx.Client(base_url=hitl.review_url, trust_env=False, timeout=30) as web:
+        assert web.get(f"/login?token={hitl.admin_token}").status_code in (200, 303)
+        page = web.get(f"/requests/{rid}")
+        assert page.status_code == 200
+        assert "No body." not in page.text
+        assert f"{len(binary)} bytes of binary data (not shown)" in page.text

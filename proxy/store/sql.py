@@ -373,11 +373,13 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def fail(self, request_id: str, reason: str, now: float) -> HoldRecord:
         with self._tx():
-            rec = self._must_get(request_id)
-            self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
-            self._scrub(request_id)
-            self._audit(now, "failed", request_id, "proxy", {"reason": reason})
+            self._fail(self._must_get(request_id), reason, now)
         return self._must_get(request_id)
+
+    def _fail(self, rec: HoldRecord, reason: str, now: float) -> None:
+        self._move(rec, HoldStatus.FAILED, now, "failure_reason=?", (reason,))
+        self._scrub(rec.id)
+        self._audit(now, "failed", rec.id, "proxy", {"reason": reason})
 
     def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
         """Apply deadlines: pending → expired (or → approved when on_timeout is allow), and
@@ -413,18 +415,32 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 lease: float = FORWARDER_LEASE) -> list[HoldRecord]:
         """Records caught mid-forward by a process that is gone (Rule 6) are failed/
         interrupted, never re-sent: we cannot know whether the upstream acted on them (at
-        most once). ``owner``'s own forwards are never touched."""
-        rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
-                       " LEFT JOIN claims c ON c.request_id = r.id"
-                       " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
-        gone = [r["id"] for r in rows
-                if r["owner"] is None  # claimed without an owner: no one can still be at it
-                or (r["owner"] != owner
-                    and (r["seen"] is None or r["seen"] < now - lease or owner_gone(r["owner"])))]
-        if rows:
-            with self._tx():  # forwarders not seen for a day are long gone
-                self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
-        return [self.fail(i, "interrupted", now) for i in gone]
+        most once). ``owner``'s own forwards are never touched.
+
+        One transaction reads and fails them, so no record can move in between (its forwarder
+        completing it meanwhile); a record the read finds in another state is left alone."""
+        # A read first: this runs every few seconds and must not take the write lock when no
+        # record is being forwarded.
+        if not self._q("SELECT 1 AS busy FROM requests WHERE status='forwarding' LIMIT 1"):
+            return []
+        failed: list[str] = []
+        with self._tx():
+            rows = self._q("SELECT r.id, c.owner, f.seen FROM requests r"
+                           " LEFT JOIN claims c ON c.request_id = r.id"
+                           " LEFT JOIN forwarders f ON f.id = c.owner WHERE r.status='forwarding'")
+            for r in rows:
+                if not (r["owner"] is None  # claimed without an owner: no one can still be at it
+                        or (r["owner"] != owner and (r["seen"] is None or r["seen"] < now - lease
+                                                     or owner_gone(r["owner"])))):
+                    continue
+                rec = self.get(r["id"])
+                if rec is None or rec.status is not HoldStatus.FORWARDING:
+                    continue
+                self._fail(rec, "interrupted", now)
+                failed.append(rec.id)
+            # forwarders not seen for a day are long gone
+            self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
+        return [self._must_get(i) for i in failed]
 
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:

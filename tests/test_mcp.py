@@ -1,0 +1,471 @@
+"""MCP tool calls through the gate, with the official MCP SDK on both sides.
+
+A real MCP server (``MCPServer`` over streamable HTTP, its default SSE answers and
+sessions, served by uvicorn on 127.0.0.1) whose tools record every execution, and the
+SDK's streamable-HTTP ``ClientSession`` reaching it through hitl-proxy — as
+``HTTP_PROXY`` (the SDK's own httpx2 client reads the environment) and through a reverse
+route. The shipped policies judge the calls. Hostile clients speak raw JSON-RPC with httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context, MCPServer
+
+from tests.conftest import ROOT, Hitl
+
+SHIPPED = ROOT / "policies"
+
+
+class McpUpstream:
+    """An MCP server on 127.0.0.1 over streamable HTTP; ``runs`` records each execution."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, dict[str, Any]]] = []
+        self.release = threading.Event()
+        server = MCPServer("recorder")
+        runs = self.runs
+        release = self.release
+
+        @server.tool()
+        def send_email(to: str, subject: str, body: str = "") -> str:
+            """Send an email."""
+            runs.append(("send_email", {"to": to, "subject": subject}))
+            return f"sent to {to}"
+
+        @server.tool()
+        def get_weather(city: str) -> str:
+            """Read the weather."""
+            runs.append(("get_weather", {"city": city}))
+            return f"sunny in {city}"
+
+        @server.tool()
+        async def slow_report(steps: int, ctx: Context) -> str:
+            """A read-only tool that reports progress, then waits for the test to release it."""
+            runs.append(("slow_report", {"steps": steps}))
+            await ctx.report_progress(1, steps, "first step done")
+            for _ in range(200):
+                if release.is_set():
+                    break
+                await asyncio.sleep(0.05)
+            return "report ready"
+
+        app = server.streamable_http_app()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def count(self, tool: str) -> int:
+        return sum(1 for name, _ in self.runs if name == tool)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class BatchUpstream:
+    """A JSON-RPC server that takes batches (the SDK's does not): it runs each tools/call
+    and records it, and answers every request with its own id."""
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                doc = json.loads(body)
+                answers = []
+                for msg in doc if isinstance(doc, list) else [doc]:
+                    if msg.get("method") == "tools/call":
+                        outer.runs.append(msg["params"]["name"])
+                    if "id" in msg:
+                        answers.append({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                            "content": [{"type": "text", "text": f"ran {msg.get('method')}"}]}})
+                out = json.dumps(answers if isinstance(doc, list) else answers[0]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mcp_server() -> Iterator[McpUpstream]:
+    server = McpUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def batch_server() -> Iterator[BatchUpstream]:
+    server = BatchUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def shipped(make_hitl: Callable[..., Hitl], tmp_path: Path) -> Callable[..., Hitl]:
+    """hitl-proxy with the shipped policies (policies/), copied so a test can run alone."""
+    policies = tmp_path / "shipped"
+    shutil.copytree(SHIPPED, policies)
+
+    def make(overrides: dict[str, Any] | None = None) -> Hitl:
+        return make_hitl({"policy.paths": [str(policies)], "hold.client_wait": "1s",
+                          **(overrides or {})})
+
+    return make
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def with_session(url: str, fn: Callable[[ClientSession], Any]) -> Any:
+    """The SDK's streamable-HTTP client with its default httpx2 client (which reads
+    HTTP_PROXY from the environment: trust_env is on)."""
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        return await fn(session)
+
+
+def text_of(result: Any) -> str:
+    return " ".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+def pending(hitl: Hitl) -> list[dict[str, Any]]:
+    with hitl.api() as api:
+        return list(api.get("/api/requests", params={"status": "pending"}).json()["items"])
+
+
+def all_items(hitl: Hitl) -> list[dict[str, Any]]:
+    with hitl.api() as api:
+        return list(api.get("/api/requests").json()["items"])
+
+
+# -- the SDK through HTTP_PROXY ----------------------------------------------------------
+def test_sdk_session_through_proxy_lists_and_calls_allowed_tools(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    hitl = shipped()
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+    async def flow(s: ClientSession) -> tuple[list[str], Any]:
+        tools = await s.list_tools()
+        return [t.name for t in tools.tools], await s.call_tool("get_weather", {"city": "Oslo"})
+
+    names, result = run(with_session(mcp_server.url, flow))
+    assert {"send_email", "get_weather"} <= set(names)
+    assert not result.is_error and text_of(result) == "sunny in Oslo"
+    assert mcp_server.count("get_weather") == 1
+    assert all_items(hitl) == []  # nothing held: initialize, notifications, list, a read
+
+
+def test_held_call_answers_the_model_then_runs_once_after_approval(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    hitl = shipped()
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+    args = {"to": "ceo@example.com", "subject": "Quarterly numbers", "body": "see attached"}
+
+    async def call(s: ClientSession) -> Any:
+        return await s.call_tool("send_email", args)
+
+    async def two_calls(s: ClientSession) -> tuple[Any, Any]:
+        return await s.call_tool("send_email", args), await s.call_tool("send_email", args)
+
+    async def held_then_approved(s: ClientSession) -> tuple[Any, Any, Any]:
+        first = await call(s)
+        items = pending(hitl)
+        assert len(items) == 1
+        assert mcp_server.count("send_email") == 0
+        with hitl.api() as api:
+            assert api.post(f"/api/requests/{items[0]['id']}/approve", json={}).status_code == 200
+        retried = await call(s)  # a new JSON-RPC id: same call, so it picks up the approval
+        again = await call(s)  # identical call afterwards: the stored answer
+        return first, retried, again
+
+    first, retried, again = run(with_session(mcp_server.url, held_then_approved))
+    assert first.is_error
+    assert "has NOT run" in text_of(first) and "again later with exactly the same arguments" in text_of(first)
+    assert "support-agent" not in text_of(first)  # the agent is anonymous here
+    assert "anonymous agent wants to call send_email to ceo@example.com: 'Quarterly numbers'" in text_of(first)
+    assert not retried.is_error and text_of(retried) == "sent to ceo@example.com"
+    assert not again.is_error and text_of(again) == "sent to ceo@example.com"
+    assert mcp_server.count("send_email") == 1
+    items = all_items(hitl)
+    assert len(items) == 1 and items[0]["status"] == "forwarded"
+    assert items[0]["rule"] == "mcp.send"
+
+
+def test_pending_retry_attaches_to_the_same_review_item(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    hitl = shipped()
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+
+    async def twice(s: ClientSession) -> tuple[Any, Any]:
+        args = {"to": "a@example.org", "subject": "Hi"}
+        return await s.call_tool("send_email", args), await s.call_tool("send_email", args)
+
+    a, b = run(with_session(mcp_server.url, twice))
+    assert a.is_error and b.is_error
+    assert len(pending(hitl)) == 1
+    assert mcp_server.count("send_email") == 0
+
+
+def test_rejected_call_is_an_error_result_carrying_the_comment(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    hitl = shipped({"hold.client_wait": "20s"})
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+
+    def reject_when_held() -> None:
+        items = hitl.wait_pending(1, timeout=15)
+        with hitl.api() as api:
+            api.post(f"/api/requests/{items[0]['id']}/reject",
+                     json={"comment": "not to the CEO, send it to finance@example.com"})
+
+    threading.Thread(target=reject_when_held, daemon=True).start()
+
+    async def call(s: ClientSession) -> Any:
+        return await s.call_tool("send_email", {"to": "ceo@example.com", "subject": "Numbers"})
+
+    result = run(with_session(mcp_server.url, call))
+    assert result.is_error
+    assert "rejected" in text_of(result) and "did NOT run" in text_of(result)
+    assert "not to the CEO, send it to finance@example.com" in text_of(result)
+    assert mcp_server.count("send_email") == 0
+
+
+def test_reverse_route_and_an_sse_answer_streamed_through(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream) -> None:
+    """An allowed tool that reports progress, then waits: the progress event reaches the
+    client through the gate while the tool still runs (the SSE answer is streamed)."""
+    hitl = shipped({"proxy.routes": {"tools": f"http://127.0.0.1:{mcp_server.port}"}})
+    seen: list[tuple[float, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, message))
+        mcp_server.release.set()  # only now may the tool finish
+
+    async def call(s: ClientSession) -> Any:
+        return await s.call_tool("slow_report", {"steps": 3}, progress_callback=progress)
+
+    result = run(with_session(f"{hitl.proxy_url}/tools/mcp", call))
+    assert not result.is_error and text_of(result) == "report ready"
+    assert seen == [(1, "first step done")]
+    assert mcp_server.count("slow_report") == 1
+
+
+def test_held_call_through_a_reverse_route(shipped: Callable[..., Hitl], mcp_server: McpUpstream) -> None:
+    hitl = shipped({"proxy.routes": {"tools": f"http://127.0.0.1:{mcp_server.port}"}})
+
+    async def flow(s: ClientSession) -> tuple[Any, Any]:
+        args = {"to": "x@example.org", "subject": "Hello"}
+        first = await s.call_tool("send_email", args)
+        with hitl.api() as api:
+            api.post(f"/api/requests/{pending(hitl)[0]['id']}/approve", json={})
+        return first, await s.call_tool("send_email", args)
+
+    first, second = run(with_session(f"{hitl.proxy_url}/tools/mcp", flow))
+    assert first.is_error and not second.is_error
+    assert mcp_server.count("send_email") == 1
+
+
+# -- raw JSON-RPC: answers, batches and hostile clients --------------------------------
+def rpc(tool: str, args: dict[str, Any], msg_id: Any = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call",
+            "params": {"name": tool, "arguments": args}}
+
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Mcp-Session-Id": "sess-1"}
+
+
+def post(hitl: Hitl, url: str, body: Any, headers: dict[str, str] | None = None,
+         raw: bytes | None = None) -> httpx.Response:
+    with hitl.agent() as agent:
+        content = raw if raw is not None else json.dumps(body).encode()
+        return agent.post(url, content=content,
+                          headers={"Content-Type": "application/json", **ACCEPT, **(headers or {})})
+
+
+def test_held_call_answer_is_json_rpc_with_the_request_id(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    r = post(hitl, batch_server.url, rpc("create_payment", {"amount": 250, "customer": "cus_1"}, "call-9"))
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-hitl-error"] == "approval_pending"
+    assert r.headers["x-hitl-request-id"] == pending(hitl)[0]["id"]
+    doc = r.json()
+    assert doc["id"] == "call-9" and doc["jsonrpc"] == "2.0"
+    assert doc["result"]["isError"] is True
+    assert "a human reviewer must approve" in doc["result"]["content"][0]["text"]
+    assert batch_server.runs == []
+
+
+def test_client_reading_only_event_streams_gets_an_sse_answer(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    r = post(hitl, batch_server.url, rpc("send_email", {"to": "a@b.c", "subject": "s"}, 4),
+             headers={"Accept": "text/event-stream"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/event-stream"
+    assert r.text.startswith("event: message\ndata: ") and r.text.endswith("\n\n")
+    doc = json.loads(r.text.split("data: ", 1)[1])
+    assert doc["id"] == 4 and doc["result"]["isError"] is True
+
+
+def test_endpoint_that_streams_gets_sse_answers_from_the_gate(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK server answers with event streams; the gate answers a held call there alike."""
+    hitl = shipped()
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+
+    async def session_id(s: ClientSession) -> Any:
+        await s.list_tools()
+
+    run(with_session(mcp_server.url, session_id))  # the gate saw SSE answers from this endpoint
+    r = post(hitl, mcp_server.url, rpc("send_email", {"to": "a@b.c", "subject": "s"}, 5))
+    assert r.headers["content-type"] == "text/event-stream"
+    assert json.loads(r.text.split("data: ", 1)[1])["id"] == 5
+
+
+def test_batch_with_one_held_call_is_held_whole(shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    batch = [rpc("get_weather", {"city": "Oslo"}, 1), {"jsonrpc": "2.0", "method": "notifications/x"},
+             rpc("send_email", {"to": "ceo@example.com", "subject": "Q3"}, 2), rpc("list_files", {}, 3)]
+    r = post(hitl, batch_server.url, batch)
+    assert r.status_code == 200 and batch_server.runs == []
+    answers = r.json()
+    assert [a["id"] for a in answers] == [1, 2, 3]  # requests answered, the notification not
+    assert all(a["result"]["isError"] for a in answers)
+    items = pending(hitl)
+    assert len(items) == 1 and items[0]["rule"] == "mcp.send"
+    assert items[0]["mcp"]["tools"] == ["get_weather", "send_email", "list_files"]
+    with hitl.api() as api:
+        api.post(f"/api/requests/{items[0]['id']}/approve", json={})
+    # The same batch, new ids and other spacing: it runs once, answered with these ids.
+    again = [{**m, "id": m["id"] + 10} if "id" in m else m for m in batch]
+    r = post(hitl, batch_server.url, None, raw=json.dumps(again, indent=3).encode())
+    assert [a["id"] for a in r.json()] == [11, 12, 13]
+    assert batch_server.runs == ["get_weather", "send_email", "list_files"]
+    r = post(hitl, batch_server.url, [{**m, "id": m["id"] + 20} if "id" in m else m for m in batch])
+    assert [a["id"] for a in r.json()] == [21, 22, 23] and r.headers["x-hitl-replayed"] == "true"
+    assert len(batch_server.runs) == 3
+
+
+def test_hostile_client_varying_id_and_spacing_cannot_dodge_attach_or_replay(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    args = {"to": "ceo@example.com", "subject": "Wire the money"}
+    post(hitl, batch_server.url, rpc("send_email", args, 1))
+    # id changed, keys reordered, whitespace added, a progress token in _meta
+    variant = (b'{ "params" : {"arguments": {"subject": "Wire the money", "to": "ceo@example.com"},'
+               b' "name": "send_email", "_meta": {"progressToken": 99}},\n "method": "tools/call",'
+               b' "id": "other", "jsonrpc": "2.0" }')
+    r = post(hitl, batch_server.url, None, raw=variant)
+    assert r.json()["id"] == "other" and r.json()["result"]["isError"]
+    assert len(pending(hitl)) == 1
+    with hitl.api() as api:
+        api.post(f"/api/requests/{pending(hitl)[0]['id']}/approve", json={})
+    assert post(hitl, batch_server.url, rpc("send_email", args, 77)).json()["id"] == 77
+    assert post(hitl, batch_server.url, None, raw=variant).json()["id"] == "other"
+    assert batch_server.runs == ["send_email"]
+    # Another session is another call: a new review item, nothing sent.
+    post(hitl, batch_server.url, rpc("send_email", args, 1), headers={"Mcp-Session-Id": "sess-2"})
+    assert len(pending(hitl)) == 1 and batch_server.runs == ["send_email"]
+
+
+@pytest.mark.parametrize("body", [
+    # the tool name spelled with a JSON escape
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send\\u005femail","arguments":{"to":"x@y.z"}}}',
+    # "jsonrpc" not first
+    b'{"method":"tools/call","jsonrpc":"2.0","id":1,"params":{"name":"sendEmail","arguments":{}}}',
+    # the dangerous call last in a batch of safe ones
+    json.dumps([rpc("get_weather", {"city": c}, i) for i, c in enumerate(["Oslo", "Rome", "Lima"])]
+               + [rpc("run_sql", {"sql": "DROP TABLE users"}, 9)]).encode(),
+])
+def test_hostile_spellings_are_still_held(shipped: Callable[..., Hitl], batch_server: BatchUpstream,
+                                          body: bytes) -> None:
+    hitl = shipped()
+    r = post(hitl, batch_server.url, None, raw=body)
+    assert r.status_code == 200 and r.headers["x-hitl-error"] == "approval_pending"
+    assert batch_server.runs == [] and len(pending(hitl)) == 1
+
+
+def test_json_rpc_in_another_content_type_is_still_judged(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    r = post(hitl, batch_server.url, rpc("delete_repository", {"name": "prod"}),
+             headers={"Content-Type": "text/plain"})
+    assert r.headers["x-hitl-error"] == "approval_pending" and batch_server.runs == []
+
+
+@pytest.mark.parametrize("body", [
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","name":"send_email"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_email","arguments":{"n":NaN}}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_email"',
+    b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"}, 42]',
+])
+def test_malformed_json_rpc_is_judged_and_never_forwarded_around_policy(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream, body: bytes) -> None:
+    hitl = shipped()
+    r = post(hitl, batch_server.url, None, raw=body)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "denied_by_policy"
+    assert "cannot read" in r.json()["error"]["message"]
+    assert batch_server.runs == []
+
+
+def test_plain_json_posts_are_not_mcp(shipped: Callable[..., Hitl], upstream: Any) -> None:
+    hitl = shipped()
+    for body in (b'{"name": "send_email"}', b'[1, 2, 3]', b'{not json at all'):
+        with hitl.agent() as agent:
+            r = agent.post(upstream.url("/api"), content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 and "x-hitl-error" not in r.headers
+    assert upstream.count("/api") == 3
