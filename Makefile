@@ -41,13 +41,13 @@ bench: $(VENV)/.installed
 # Pinned: a new release adds rules, and lint must not turn red on its own.
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q ruff==0.17.6 mypy==2.4.1 types-PyYAML==6.0.12.20261122
-	$(PY) -m ruff check proxy review_ui tests bench
+	$(PY) -m ruff check proxy review_ui tests bench demo
 	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) hitl-data build *.egg-info
 
-# The whole loop offline: loopback fakes of Stripe, SendGrid, Slack and a SQL gateway, the
+# The whole loop offline: loopback fakes of Stripe, SendGrid, Slack, a SQL gateway and an MCP server, the
 # gate with the shipped policies, and a scripted agent; a reviewer decides in the web UI.
 demo: $(VENV)/.installed
 	$(PY) -m demo.run $(DEMO_ARGS)

@@ -3,7 +3,7 @@
 Each fake is a real HTTP server on its own loopback address (127.0.0.2, 127.0.0.3, ...):
 the shipped policies tell services apart by host, and the demo's policy data names these
 addresses as Stripe, SendGrid, Slack and the SQL gateway. Each answers the way its real API
-does for the few calls the demo agent makes, and logs what reached it, so the demo shows that
+does for the few calls the demo agent makes (the MCP server speaks JSON-RPC), and logs what reached it, so the demo shows that
 a denied or rejected request never arrived.
 """
 
@@ -55,6 +55,22 @@ def _sql(method: str, path: str, body: dict[str, Any]) -> Answer:
     return 404, {"error": "not found"}
 
 
+def _mcp(method: str, path: str, body: dict[str, Any]) -> Answer:
+    """An MCP server on the streamable-HTTP transport, answering with JSON."""
+    rpc = body.get("method")
+    if method != "POST" or path != "/mcp" or not isinstance(rpc, str):
+        return 405, {"error": "POST JSON-RPC 2.0 to /mcp"}
+    if rpc == "tools/call":
+        params = body.get("params") or {}
+        text = f"{params.get('name')} done: {json.dumps(params.get('arguments'))}"
+        return 200, {"jsonrpc": "2.0", "id": body.get("id"),
+                     "result": {"content": [{"type": "text", "text": text}], "isError": False}}
+    if rpc == "tools/list":
+        tools = [{"name": n, "inputSchema": {"type": "object"}} for n in ("search_tickets", "send_sms")]
+        return 200, {"jsonrpc": "2.0", "id": body.get("id"), "result": {"tools": tools}}
+    return 200, {"jsonrpc": "2.0", "id": body.get("id"), "result": {}}
+
+
 @dataclass(frozen=True)
 class FakeApi:
     name: str  # what reviewers read, e.g. "Stripe"
@@ -71,6 +87,8 @@ FAKES = (
     FakeApi("Slack", "slack", "127.0.0.4", {"use": "posting", "api": "slack", "name": "Slack (demo fake)"}, _slack),
     FakeApi("SQL gateway", "db", "127.0.0.5", {"use": "database", "api": "sql", "name": "the SQL gateway (demo fake)"},
             _sql),
+    # MCP calls are judged by mcp.rego on any host; this row only names the server.
+    FakeApi("MCP server", "mcp", "127.0.0.6", {"use": "mcp", "name": "the support MCP server (demo fake)"}, _mcp),
 )
 
 

@@ -1,12 +1,13 @@
 """``make demo``: the whole loop, offline, in one command.
 
-It starts loopback fakes of Stripe, SendGrid, Slack and a SQL gateway (``demo/fakes.py``),
+It starts loopback fakes of Stripe, SendGrid, Slack, a SQL gateway and an MCP server
+(``demo/fakes.py``),
 then ``hitl-proxy serve`` with a config made for them in a temporary folder: reverse routes
 (``proxy.routes``) to the fakes, the SSRF guard opened for their loopback addresses only, and
 the shipped policies with their host table pointed at the fakes. Then a scripted agent sends
 a realistic mix through the proxy, each request in its own thread as a busy agent would:
 reads, a small and a large charge, an email to a customer, a DROP TABLE and a post from a brand
-account. The demo prints each answer as the agent gets it, a running summary, and the login URL
+account, and two MCP tool calls. The demo prints each answer as the agent gets it, a running summary, and the login URL
 where a reviewer approves or rejects what is held. It ends when the agent has every answer
 (or after ``--duration`` seconds); on a terminal the gate then keeps running until Ctrl-C.
 """
@@ -68,6 +69,14 @@ STEPS = (
     Step("post in #announcements (brand account)", "slack", "POST", "/api/chat.postMessage",
          json={"channel": "C0ANNOUNCE", "text": "Big news: our new plan is live!"},
          headers={"Authorization": "Bearer xoxb-demo-token"}),
+    Step("MCP tool search_tickets", "mcp", "POST", "/mcp",
+         json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "search_tickets", "arguments": {"query": "refund"}}},
+         headers={"Accept": "application/json, text/event-stream"}),
+    Step("MCP tool send_sms", "mcp", "POST", "/mcp",
+         json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": "send_sms", "arguments": {"to": "+15550100", "text": "Your refund is on its way"}}},
+         headers={"Accept": "application/json, text/event-stream"}),
 )
 
 
@@ -80,6 +89,7 @@ class Board:
         self.started = time.monotonic()
         self.first_approval: float | None = None
         self.closed = False  # after the final summary, late answers (the gate stopping) are not news
+        self.held_ids: set[str] = set()  # the review items the queue has shown
 
     def say(self, text: str) -> None:
         with self.lock:
@@ -99,12 +109,15 @@ class Board:
 
     def summary(self) -> str:
         values = list(self.outcomes.values())
-        waiting = len(STEPS) - len(values)
         count = {name: values.count(name) for name in ("allowed", "denied", *HELD[:-1], "error")}
-        held = count["approved"] + count["rejected"] + count["timed out"]
-        return (f"summary: {count['allowed']} allowed · {count['denied']} denied · "
-                f"{held + waiting} held ({count['approved']} approved, {count['rejected']} rejected, "
-                f"{waiting} waiting)" + (f" · {count['error']} errors" if count["error"] else ""))
+        decided = count["approved"] + count["rejected"] + count["timed out"]
+        held = max(len(self.held_ids), decided)
+        in_flight = len(STEPS) - len(values) - (held - decided)
+        return (f"summary: {count['allowed']} allowed · {count['denied']} denied · {held} held "
+                f"({count['approved']} approved, {count['rejected']} rejected, {held - decided} awaiting review)"
+                + (f" · {count['timed out']} timed out" if count["timed out"] else "")
+                + (f" · {in_flight} in flight" if in_flight > 0 else "")
+                + (f" · {count['error']} errors" if count["error"] else ""))
 
 
 def run_step(step: Step, proxy: str, agent_auth: str, board: Board, stop: threading.Event) -> None:
@@ -119,7 +132,12 @@ def run_step(step: Step, proxy: str, agent_auth: str, board: Board, stop: thread
                 board.settle(step, "error", f"({exc})")
                 return
             error = _error(r)
-            if r.status_code == 503 and error.get("code") == "approval_pending":
+            # An MCP call is answered on the JSON-RPC level (200, the text for the model in
+            # the result); the gate names its answer in X-HITL-Error.
+            code = r.headers.get("x-hitl-error") or error.get("code")
+            if code is not None and "message" not in error:
+                error = {"code": code, "message": _mcp_text(r)}
+            if code == "approval_pending":
                 # The agent contract: a human is deciding; send the identical request again
                 # after Retry-After seconds to get the result.
                 if not told:
@@ -128,16 +146,16 @@ def run_step(step: Step, proxy: str, agent_auth: str, board: Board, stop: thread
                     told = True
                 stop.wait(float(r.headers.get("retry-after", "5")))
                 continue
-            if r.status_code < 400:
+            if r.status_code < 400 and code is None:
                 by = r.headers.get("x-hitl-approved-by")
                 outcome = "approved" if by else "allowed"
                 board.settle(step, outcome, f"→ {r.status_code} from the fake {_fake_name(step)}"
                              + (f" (approved by {by})" if by else ""))
-            elif error.get("code") == "rejected_by_reviewer":
+            elif code == "rejected_by_reviewer":
                 board.settle(step, "rejected", f"→ {r.status_code}: {error.get('message')}")
-            elif error.get("code") == "denied_by_policy":
+            elif code == "denied_by_policy":
                 board.settle(step, "denied", f"→ {r.status_code}: {error.get('message')}")
-            elif error.get("code") == "approval_timed_out":
+            elif code == "approval_timed_out":
                 board.settle(step, "timed out", f"→ {r.status_code}: {error.get('message')}")
             else:
                 board.settle(step, "error", f"→ {r.status_code}: {error.get('code')}: {error.get('message')}")
@@ -151,6 +169,15 @@ def _error(r: httpx.Response) -> dict[str, Any]:
         return {}
     inner = body.get("error") if isinstance(body, dict) else None
     return inner if isinstance(inner, dict) else {}
+
+
+def _mcp_text(r: httpx.Response) -> str:
+    """The text the gate wrote for the model into an MCP answer."""
+    try:
+        result = r.json().get("result") or {}
+        return str(result["content"][0]["text"])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return r.text[:200]
 
 
 def _fake_name(step: Step) -> str:
@@ -170,6 +197,8 @@ def watch_holds(review: str, token: str, board: Board, stop: threading.Event) ->
             for item in items:
                 if item["id"] not in seen:
                     seen.add(item["id"])
+                    with board.lock:
+                        board.held_ids.add(item["id"])
                     needs = item["approvals_needed"]
                     board.say(f"HELD for a reviewer: {item['message']} (id {item['id']}"
                               + (f", needs {needs} approvals" if needs > 1 else "") + ")")

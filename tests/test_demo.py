@@ -48,15 +48,17 @@ def test_make_demo_shows_the_whole_loop_and_the_agent_completes() -> None:
         login = until(r"Open the review UI .*?(http://\S+/login\?token=(\S+))")
         review = login.group(1).split("/login")[0]
         token = login.group(2)
-        for _ in range(3):
+        for _ in range(4):
             until(r"HELD for a reviewer")
         with httpx.Client(base_url=review, trust_env=False, timeout=30,
                           headers={"Authorization": f"Bearer {token}"}) as api:
             held = {item["rule"]: item for item in api.get("/api/requests", params={"status": "pending"}).json()["items"]}
-            assert len(held) == 3, held
+            assert len(held) == 4, held
             charge = next(i for r, i in held.items() if r.startswith("payments"))
             email = next(i for r, i in held.items() if r.startswith("email"))
             post = next(i for r, i in held.items() if r.startswith("posting"))
+            sms = next(i for r, i in held.items() if r.startswith("mcp"))
+            assert "send_sms" in sms["message"]
             assert "2500.00 USD" in charge["message"] and "ann@customer.example.org" in email["message"]
             assert api.post(f"/api/requests/{charge['id']}/approve", json={"comment": "expected"}).status_code == 200
             until(r"agent ← charge 2,500\.00 USD: APPROVED → 200 from the fake Stripe \(approved by admin\)")
@@ -64,7 +66,9 @@ def test_make_demo_shows_the_whole_loop_and_the_agent_completes() -> None:
                             json={"comment": "send it from the billing system"}).status_code == 200
             until(r"agent ← email a customer: REJECTED → 403: .*send it from the billing system")
             assert api.post(f"/api/requests/{post['id']}/approve", json={}).status_code == 200
-        until(r"summary: 4 allowed · 1 denied · 3 held \(2 approved, 1 rejected, 0 waiting\) — the agent is done")
+            assert api.post(f"/api/requests/{sms['id']}/approve", json={}).status_code == 200
+            until(r"agent ← MCP tool send_sms: APPROVED → 200 from the fake MCP server")
+        until(r"summary: 5 allowed · 1 denied · 4 held \(3 approved, 1 rejected, 0 awaiting review\) — the agent is done")
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
@@ -74,10 +78,12 @@ def test_make_demo_shows_the_whole_loop_and_the_agent_completes() -> None:
     text = "\n".join(rest)
     assert "agent ← DROP TABLE customers: DENIED → 403" in text
     assert "agent ← charge 25.00 USD: ALLOWED" in text
+    assert "agent ← MCP tool search_tickets: ALLOWED" in text
     assert "first approved request answered" in text
     # what reached the fakes: the DROP and the rejected email never did
     assert "the fake SendGrid received: nothing" in text
     assert re.search(r"the fake SQL gateway received: POST /query$", text, re.MULTILINE)
+    assert re.search(r"the fake MCP server received: POST /mcp, POST /mcp$", text, re.MULTILINE)
     stripe = re.search(r"the fake Stripe received: (.*)", text)
     assert stripe and stripe.group(1).count("POST /v1/charges") == 2
     assert "Traceback" not in text
