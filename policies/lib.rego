@@ -44,6 +44,14 @@ who(a) := "an anonymous agent" if {
 	a.id == "anonymous"
 } else := a.id
 
+# The path the use-case policies match: the proxy has already normalized it (dot
+# segments, "//", escapes); here a trailing slash goes too ("/v1/charges/" is
+# "/v1/charges"), since most APIs route both to one handler and an exact-path rule
+# written for one must also catch the other. "/" stays "/".
+route_path(p) := trim_suffix(p, "/") if {
+	p != "/"
+} else := p
+
 # https://host/path, with the port only when it is not the scheme's default.
 url(r) := concat("", [r.scheme, "://", authority(r), r.path])
 

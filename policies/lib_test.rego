@@ -35,6 +35,13 @@ test_url if {
 	lib.url(object.union(request("POST", "api.x.com", "/2/tweets", null), {"scheme": "http", "port": 8080})) == "http://api.x.com:8080/2/tweets"
 }
 
+test_route_path_drops_one_trailing_slash if {
+	a := agent
+	lib.route_path("/v1/charges/") == "/v1/charges"
+	lib.route_path("/v1/charges") == "/v1/charges"
+	lib.route_path("/") == "/"
+}
+
 test_quote_shortens_long_texts if {
 	a := agent
 	endswith(lib.quote(concat("", [x | some _ in numbers.range(1, 600); x := "a"])), "…\" (600 characters)")

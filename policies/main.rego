@@ -47,7 +47,7 @@ decision := d if {
 request := {
 	"method": input.request.method, "scheme": input.request.scheme,
 	"host": input.request.host, "port": input.request.port,
-	"path": input.request.path, "query": input.request.query,
+	"path": lib.route_path(input.request.path), "query": input.request.query,
 	"body": input.request.body, "body_text": input.request.body_text,
 }
 

@@ -24,3 +24,12 @@ test_above_hard_limit_denied if {
 	d.action == "deny"
 	d.rule == "payments.over_limit"
 }
+
+test_trailing_slash_charge_is_held_like_the_plain_path if {
+	a := agent
+	r1 := request("POST", "api.stripe.com", "/v1/charges/", {"amount": 25000, "currency": "usd"})
+	d1 := hitl.decision with input.request as r1 with input.agent as a
+	d := d1
+	d.action == "hold"
+	d.rule == "payments.charge"
+}

@@ -24,3 +24,12 @@ test_brand_account_needs_two_approvals if {
 	d.rule == "posting.brand"
 	d.approvals == 2
 }
+
+test_trailing_slash_post_is_held_like_the_plain_path if {
+	a := agent
+	r1 := request("POST", "slack.com", "/api/chat.postMessage/", {"channel": "C1", "text": "hi"})
+	d1 := hitl.decision with input.request as r1 with input.agent as a
+	d := d1
+	d.action == "hold"
+	d.rule == "posting.post"
+}

@@ -33,6 +33,7 @@ from proxy.config_types import (  # the value records are re-exported: import th
     AgentCredential,
     HostPort,
     Network,
+    SlackSettings,
     TokenCredential,
     TrustedHeader,
     UserCredential,
@@ -54,6 +55,7 @@ from proxy.config_types import (  # the value records are re-exported: import th
     parse_rego_ref,
     parse_routes,
     parse_size,
+    parse_slack,
     parse_store_url,
     parse_trusted_header,
     parse_webhook,
@@ -67,6 +69,7 @@ from proxy.model import OnTimeout
 __all__ = [
     "SETTINGS", "AgentCredential", "HoldSettings", "HostPort", "LogSettings", "Network",
     "NotifySettings", "PolicySettings", "ProxySettings", "ReviewSettings", "Setting", "Settings",
+    "SlackSettings",
     "StoreSettings", "TokenCredential", "TrustedHeader", "UserCredential", "Webhook",
     "check_settings", "example_yaml", "load_settings", "sqlite_path",
 ]  # fmt: skip
@@ -96,6 +99,7 @@ class ReviewSettings:
     users: tuple[UserCredential, ...] = ()
     tokens: tuple[TokenCredential, ...] = ()
     trusted_header: TrustedHeader | None = None
+    slack: SlackSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +262,7 @@ SETTINGS: tuple[Setting, ...] = (
             "The review UI's URL as reviewers reach it (used in links).", _url),
     Setting("review.users", [], "Reviewers who log in (hash: `hitl-proxy hash-password`).",
             _plain(parse_principals(UserCredential, "password_hash")),
-            f"[{{name: alice, password_hash: {_HASH}, groups: [finance]}}]"),
+            f"[{{name: alice, password_hash: {_HASH}, groups: [finance], slack: U0123ABCD}}]"),
     Setting("review.tokens", [], "API tokens; a token acts as the reviewer of its name.",
             _plain(parse_principals(TokenCredential, "token_hash")),
             f"[{{name: ops-bot, token_hash: {_HASH}, groups: [ops]}}]"),
@@ -266,6 +270,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Take the reviewer from headers set by an authenticating proxy in front.",
             _plain(parse_trusted_header),
             "{user: X-Forwarded-User, groups: X-Forwarded-Groups, from: [127.0.0.1/32]}"),
+    Setting("review.slack", None,
+            "Approvals in Slack: holds posted to channel with Approve/Reject buttons"
+            " (deploy/slack/manifest.yaml).",
+            _plain(parse_slack),
+            '{bot_token: "xoxb-...", signing_secret: "0123456789abcdef0123456789abcdef",'
+            ' channel: C0123ABCD}'),
     Setting("policy.engine", "embedded",
             "embedded (regopy) | opa (a remote OPA server).", _choice("embedded", "opa")),
     Setting("policy.paths", ["./policies"], "Folders or files of Rego policies.",
@@ -371,11 +381,30 @@ def check_settings(
         return None, [ConfigError(
             "proxy.require_agent_auth", "true, but proxy.agents is empty: every agent would get 407"
         )]
+    try:
+        _check_slack(parsed)
+    except ConfigError as exc:
+        return None, [exc]
     sections = {
         name: cls(**{s.name: parsed[s.key] for s in SETTINGS if s.section == name})
         for name, cls in _SECTIONS.items()
     }
     return Settings(data_dir=parsed["data_dir"], source=source, **sections), []
+
+
+def _check_slack(parsed: dict[str, Any]) -> None:
+    """One Slack user acts as one reviewer, across users and tokens; and with review.slack set,
+    someone must be able to click (else every click is refused)."""
+    principals = [("review.users", i, p) for i, p in enumerate(parsed["review.users"])]
+    principals += [("review.tokens", i, p) for i, p in enumerate(parsed["review.tokens"])]
+    seen: dict[str, str] = {}
+    for key, i, p in principals:
+        if p.slack is not None and seen.setdefault(p.slack, p.name) != p.name:
+            raise ConfigError(f"{key}[{i}].slack",
+                              f"{p.slack} already acts as {seen[p.slack]!r}; one Slack user is one reviewer")
+    if parsed["review.slack"] is not None and not seen:
+        raise ConfigError("review.slack", "set, but no reviewer in review.users or review.tokens has a "
+                                          "slack: member id, so every click would be refused")
 
 
 def _read_file(source: Path, problems: list[ConfigError] | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -53,6 +53,7 @@ class UserCredential:
     name: str
     password_hash: str
     groups: tuple[str, ...] = ()
+    slack: str | None = None  # the Slack user id that acts as this reviewer (review.slack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,18 @@ class TokenCredential:
     name: str
     token_hash: str
     groups: tuple[str, ...] = ()
+    slack: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlackSettings:
+    """``review.slack``: approvals in Slack. The two secrets never show in a repr, so a
+    printed config (``config check``, a log line, a traceback) elides them."""
+
+    bot_token: str = field(repr=False)
+    signing_secret: str = field(repr=False)
+    channel: str
+    api_url: str = "https://slack.com/api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,15 +336,16 @@ def parse_principals(
     """Reviewers: users (``password_hash``) or tokens (``token_hash``), each with groups."""
 
     def principal(raw: Any, where: str) -> Any:
-        fields = parse_fields(raw, where, ("name", secret, "groups"), ("name", secret))
+        fields = parse_fields(raw, where, ("name", secret, "groups", "slack"), ("name", secret))
         groups = parse_list(fields.get("groups"), f"{where}.groups", parse_str)
         name = parse_str(fields["name"], f"{where}.name")
-        return cls(name, parse_argon2_hash(fields[secret], f"{where}.{secret}"), groups)
+        slack = None if fields.get("slack") is None else parse_slack_user(fields["slack"], f"{where}.slack")
+        return cls(name, parse_argon2_hash(fields[secret], f"{where}.{secret}"), groups, slack)
 
     def parse(value: Any, key: str) -> tuple[Any, ...]:
         items = parse_list(value, key, principal)
         _unique(items, key, "name", "name")  # a user and a token may share a name: same reviewer
-        return items
+        return items  # one Slack id per reviewer is checked across users and tokens (config.py)
 
     return parse
 
@@ -349,6 +363,39 @@ def parse_trusted_header(value: Any, key: str) -> TrustedHeader | None:
         groups=None if groups is None else parse_header_name(groups, f"{key}.groups"),
         from_networks=networks,
     )
+
+
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+_SLACK_CHANNEL = re.compile(r"[CDG][A-Z0-9]{2,20}|#[a-z0-9][a-z0-9_-]{0,79}")
+
+
+def parse_slack_user(value: Any, key: str) -> str:
+    """A Slack member id (``U0123ABCD``), as Slack's profile menu "Copy member ID" gives it."""
+    if not isinstance(value, str) or not _SLACK_USER.fullmatch(value.strip()):
+        raise ConfigError(key, f"{show(value)} is not a Slack member id (e.g. U0123ABCD)")
+    return value.strip()
+
+
+def parse_slack(value: Any, key: str) -> SlackSettings | None:
+    """``{bot_token, signing_secret, channel, api_url}``; the secrets are never echoed."""
+    if value is None:
+        return None
+    fields = parse_fields(value, key, ("bot_token", "signing_secret", "channel", "api_url"),
+                          ("bot_token", "signing_secret", "channel"))
+    token = fields["bot_token"]
+    if not isinstance(token, str) or not token.strip().startswith("xoxb-"):
+        raise ConfigError(f"{key}.bot_token", "not a bot token (it starts with xoxb-: the app's "
+                                              "OAuth & Permissions page, Bot User OAuth Token)")
+    secret = fields["signing_secret"]
+    if not isinstance(secret, str) or len(secret.strip()) < 16 or any(c.isspace() for c in secret.strip()):
+        raise ConfigError(f"{key}.signing_secret", "not a signing secret (the app's Basic Information "
+                                                   "page, App Credentials, Signing Secret)")
+    channel = fields["channel"]
+    if not isinstance(channel, str) or not _SLACK_CHANNEL.fullmatch(channel.strip()):
+        raise ConfigError(f"{key}.channel", f"{show(channel)} is not a channel id (e.g. C0123ABCD) "
+                                            "or #name")
+    api_url = parse_http_url(fields.get("api_url", "https://slack.com/api"), f"{key}.api_url")
+    return SlackSettings(token.strip(), secret.strip(), channel.strip(), api_url.rstrip("/"))
 
 
 def parse_routes(value: Any, key: str) -> tuple[tuple[str, str], ...]:

@@ -31,10 +31,11 @@ _SECRET_WORDS = ("token", "secret", "password", "passwd", "signature", "credenti
                  "apikey", "api_key", "private_key", "session", "cookie", "authorization")
 _SECRET_EXACT = frozenset({"key", "auth", "pwd", "cvc", "cvv", "sig"})
 _WORDS = "|".join(re.escape(w) for w in _SECRET_WORDS)
+_EXACT = "|".join(re.escape(w) for w in sorted(_SECRET_EXACT))
 # A secret-named field in text: JSON ("password": "x") or form/query (password=x).
 _TEXT_FIELD = re.compile(
-    rf'(?i)("[^"]*(?:{_WORDS})[^"]*"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}}\]\s]+)'
-    rf'|(\b[\w.-]*(?:{_WORDS})[\w.-]*=)([^&\s]*)')
+    rf'(?i)("(?:[^"]*(?:{_WORDS})[^"]*|{_EXACT})"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}}\]\s]+)'
+    rf'|((?:^|(?<=[&?;\s]))(?:[\w.-]*(?:{_WORDS})[\w.-]*|{_EXACT})=)([^&\s]*)')
 
 
 def secret_name(name: str, extra: Iterable[str] = ()) -> bool:

@@ -76,6 +76,9 @@ class Metrics:
                                     ["direction"], registry=r)
         self.notify_failures = Counter("hitl_notify_failures", "Webhook notifications that failed",
                                        ["format"], registry=r)
+        self.notify_errors = Counter("hitl_notify_errors", "Failed calls to a notification channel's API"
+                                     " (Slack's Web API), each retried in the background",
+                                     ["channel"], registry=r)
         self.policy_reloads = Counter("hitl_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
         self.shadow = Counter("hitl_shadow", "Holds and denies let through in shadow mode, by would-be "

@@ -92,9 +92,11 @@ class AgentRequest:
     scheme: str
     host: str
     port: int
-    target: str  # path and query, as sent: "/v1/charges?expand=customer"
+    target: str  # normalized path and query as sent: "/v1/charges?expand=customer"
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
+    # The path as the agent spelled it, before normalization (urlnorm.py); "" = same as path.
+    raw_path: str = ""
 
     def __post_init__(self) -> None:
         if self.scheme not in DEFAULT_PORTS:

@@ -25,6 +25,7 @@ from proxy.http1 import ClientGone, HTTPConnection
 from proxy.logs import Access, note
 from proxy.model import DEFAULT_PORTS, Agent, AgentRequest
 from proxy.store.records import new_id
+from proxy.urlnorm import BadPath, normalize_target
 
 log = logging.getLogger("hitl.proxy")
 
@@ -49,19 +50,37 @@ def valid_host(host: str) -> bool:
 
 
 def parse_target(target: str, routes: dict[str, str]) -> tuple[str, str, int, str]:
-    """(scheme, host, port, path?query) from a request target, or BadRequest."""
+    """(scheme, host, port, normalized path?query) from a request target, or BadRequest."""
+    return resolve_target(target, routes)[:4]
+
+
+def resolve_target(target: str, routes: dict[str, str]) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, normalized path?query, raw path) from a request target, or
+    BadRequest. Under a reverse route the part after the route name is normalized on its
+    own, so ``/stripe/../admin`` cannot climb out of the route's base path."""
     if target.startswith("/"):
-        name, _, rest = target[1:].partition("/")
-        base = routes.get(name.split("?", 1)[0])
+        first, _, rest = target[1:].partition("/")
+        name, qmark, query = first.partition("?")
+        base = routes.get(name)
         if base is None:
             raise BadRequest(f"{target.split('?', 1)[0]!r} is neither an absolute URL (use the proxy via "
                              "HTTP_PROXY) nor a configured route (proxy.routes)")
-        if "?" in name:  # "/stripe?x=1": no path after the route name
-            rest = "?" + name.split("?", 1)[1]
         url = urlsplit(base)
-        path = url.path.rstrip("/") + "/" + rest
-        return _split_absolute(f"{url.scheme}://{url.netloc}{path}")
-    return _split_absolute(target)
+        scheme, host, port, _ = _split_absolute(f"{url.scheme}://{url.netloc}/")
+        # "/stripe?x=1": no path after the route name
+        normalized, raw = _canonical("/" + qmark + query if qmark else "/" + rest)
+        prefix = url.path.rstrip("/")
+        return scheme, host, port, prefix + normalized, prefix + raw
+    scheme, host, port, path = _split_absolute(target)
+    normalized, raw = _canonical(path)
+    return scheme, host, port, normalized, raw
+
+
+def _canonical(target: str) -> tuple[str, str]:
+    try:
+        return normalize_target(target)
+    except BadPath as exc:
+        raise BadRequest(f"bad path in request target: {exc}") from exc
 
 
 def _split_absolute(target: str) -> tuple[str, str, int, str]:
@@ -178,9 +197,10 @@ class ProxyServer:
             return
 
         if tls_authority is not None:
-            scheme, host, port, path = self._inner_target(target, lowered, tls_authority)
+            scheme, host, port, raw_target = self._inner_target(target, lowered, tls_authority)
+            path, raw_path = _canonical(raw_target)
         else:
-            scheme, host, port, path = parse_target(target, self.routes)
+            scheme, host, port, path, raw_path = resolve_target(target, self.routes)
         agent = await self.agents.identify(http.peer, lowered.get("proxy-authorization"),
                                            lowered.get(AGENT_HEADER) if target.startswith("/") else None)
         declared = lowered.get("content-length")
@@ -188,7 +208,8 @@ class ProxyServer:
                                     int(declared) if declared and declared.isdigit() else None)
         try:
             req = AgentRequest(method, scheme, host, port, path,
-                               tuple((k, v) for k, v in headers if k.lower() not in _OWN_HEADERS), body)
+                               tuple((k, v) for k, v in headers if k.lower() not in _OWN_HEADERS), body,
+                               raw_path=raw_path)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
         reply = await self.gate.handle(req, agent)

@@ -10,18 +10,20 @@ from starlette.routing import BaseRoute
 
 from proxy.config import Settings
 from proxy.gate import Gate
+from proxy.slack import SlackChannel
 from review_ui.api import ReviewAPI
 from review_ui.auth import ReviewerAuth
 from review_ui.errors import EXCEPTION_HANDLERS
 from review_ui.security import SecurityHeaders
 from review_ui.sessions import Sessions
+from review_ui.slack import SlackInteractions
 from review_ui.tuning import Tuning
 from review_ui.web import WebUI
 
 
 def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dict[str, bool]]],
                *, settings: Settings | None = None, admin_token: str | None = None,
-               ops_only: bool = False) -> Starlette:
+               ops_only: bool = False, slack: SlackChannel | None = None) -> Starlette:
     """The review app; ``ops_only``: health and metrics alone (a ``--role proxy`` process)."""
     api = ReviewAPI(gate, auth, ready)
     routes: list[BaseRoute] = list(api.ops_routes() if ops_only else api.routes())
@@ -33,6 +35,8 @@ def create_app(gate: Gate, auth: ReviewerAuth, ready: Callable[[], Awaitable[dic
         auth.session_reviewer = sessions.api_reviewer
         web = WebUI(gate, sessions)
         routes += [*web.routes(), *tuning.page_routes(web)]
+    if slack is not None and not ops_only:  # Slack's signed callbacks: no bearer, no session, no CSRF
+        routes += SlackInteractions(gate, slack).routes()
     return Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],

@@ -430,6 +430,7 @@ def test_build_input_shape() -> None:
             "host": "api.stripe.com",
             "port": 443,
             "path": "/v1/charges",
+            "raw_path": "/v1/charges",
             "query": {"expand": ["customer", "invoice"], "empty": [""]},
             "headers": {
                 "content-type": "application/json",

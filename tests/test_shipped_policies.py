@@ -191,6 +191,20 @@ def test_sample_requests(engine: EmbeddedEngine, request_: AgentRequest, agent: 
         assert decision.message == message
 
 
+SLASHED = [pytest.param(*row, id=f"{case}-{i}") for case, rows in CASES.items()
+           for i, row in enumerate(rows) if row[2] is not Action.ALLOW and not row[0].path.endswith("/")]
+
+
+@pytest.mark.parametrize(("request_", "agent", "action", "rule", "message"), SLASHED)
+def test_a_trailing_slash_changes_no_decision(engine: EmbeddedEngine, request_: AgentRequest, agent: Agent,
+                                              action: Action, rule: str, message: str | None) -> None:
+    path, sep, query = request_.target.partition("?")
+    slashed = AgentRequest(request_.method, request_.scheme, request_.host, request_.port,
+                           path + "/" + sep + query, request_.headers, request_.body)
+    decision = decide(engine, slashed, agent)
+    assert (decision.action, decision.rule) == (action, rule), decision.message
+
+
 def test_every_use_case_has_enough_samples() -> None:
     assert all(len(CASES[name]) >= 8 for name in ("email", "payments", "database", "posting"))
 

@@ -165,7 +165,18 @@ def _policy_parser(sub: Any) -> None:
     pt.add_argument("paths", nargs="*", help="policy folders or files (default: policy.paths)")
     _config_option(pt)
     pt.add_argument("-v", "--verbose", action="store_true", help="print every test, passed ones too")
-    # Further policy actions (e.g. `policy replay`) are added here, each with _command(actions, ...).
+    rp = _command(actions, "replay", "re-judge recorded traffic against the policies on disk",
+                  "Re-judge the requests recorded in the decision log (policy.decision_log) against "
+                  "the policies of the config, and print what they would allow, hold and deny, per "
+                  "rule, and every changed decision. Read-only: no traffic is sent, nothing is "
+                  "written, and a missing store is reported, never created.",
+                  _run("proxy.cli.replay", "replay_command"),
+                  epilog="example:\n  hitl-proxy policy replay --since 24h -c config.yaml")
+    rp.add_argument("--since", default="24h", metavar="DURATION",
+                    help="how far back to replay (e.g. 30m, 24h, 7d; default 24h)")
+    _config_option(rp)
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    # Further policy actions are added here, each with _command(actions, ...).
 
 
 def _review_parsers(sub: Any) -> None:

@@ -35,6 +35,7 @@ from proxy.policy.engine import PolicyEngine
 from proxy.policy.reload import PolicyReloader
 from proxy.server import ConnectHandler as ConnectHandlerFn
 from proxy.server import ListenError, ProxyServer
+from proxy.slack import SlackChannel
 from proxy.store import open_store
 from proxy.upstream import Upstream
 from review_ui.app import create_app
@@ -91,6 +92,7 @@ class Runtime:
     _reloader: PolicyReloader | None = None
     _workers: WorkerPool | None = None
     _metrics_dir: str | None = None
+    slack: SlackChannel | None = None  # review.slack, in the process serving the review app
 
     async def start(self) -> None:
         s = self.settings
@@ -125,7 +127,11 @@ class Runtime:
                 app = create_app(self.gate, ReviewerAuth(s.review.tokens, None), self.readiness, ops_only=True)
             else:
                 auth = ReviewerAuth(s.review.tokens, self._admin_token())
-                app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token)
+                if s.review.slack is not None and primary:  # one poster per deployment (proxy/slack.py)
+                    self.slack = SlackChannel(s, self.store, self.metrics, self.gate.clock)
+                    self._tasks.append(self.slack.start(self.gate.events))
+                app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token,
+                                 slack=self.slack)
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                     proxy_headers=False, server_header=False, date_header=False)
             self._uvicorn = _EmbeddedUvicorn(config)

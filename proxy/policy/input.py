@@ -1,13 +1,14 @@
 """The policy input document (docs/policies.md), built from an ``AgentRequest``.
 
-    {"request": {"method", "scheme", "host", "port", "path", "query", "headers",
+    {"request": {"method", "scheme", "host", "port", "path", "raw_path", "query", "headers",
                  "body", "body_text", "body_size"},
      "agent": {"id", "address"},
      "time": {"unix", "iso"}}
 
 Canonical forms, so that a policy comparing strings cannot be sidestepped by spelling:
 ``method`` is upper-cased, ``host`` lower-cased without a trailing dot, header names
-lower-cased. Secret headers arrive as ``"[redacted]"``.
+lower-cased, ``path`` normalized (``proxy/urlnorm.py``; ``raw_path`` is the spelling the
+agent sent). Secret headers arrive as ``"[redacted]"``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def build_input(
             "host": canonical_host(request.host),
             "port": request.port,
             "path": request.path,
+            "raw_path": request.raw_path or request.path,
             "query": parse_qs(request.query_string, keep_blank_values=True),
             "headers": headers,
             "body": parse_body(request.header("content-type"), request.body, body_text),

@@ -104,6 +104,21 @@ class AsyncStore:
     async def revoke_grant(self, grant_id: str, by: str, now: float) -> Grant:
         return await self._run(self.backend.revoke_grant, grant_id, by, now)
 
+    async def slack_claim(self, request_id: str) -> bool:
+        return await self._run(self.backend.slack_claim, request_id)
+
+    async def slack_release(self, request_id: str) -> None:
+        await self._run(self.backend.slack_release, request_id)
+
+    async def slack_posted(self, request_id: str, channel: str, ts: str, shown: str) -> None:
+        await self._run(self.backend.slack_posted, request_id, channel, ts, shown)
+
+    async def slack_shown(self, request_id: str, shown: str) -> None:
+        await self._run(self.backend.slack_shown, request_id, shown)
+
+    async def slack_unsynced(self, now: float, limit: int = 200) -> tuple[str, ...]:
+        return await self._run(self.backend.slack_unsynced, now, limit)
+
     async def audit_append(self, now: float, event: str, request_id: str | None, actor: str,
                            detail: dict[str, Any]) -> None:
         await self._run(self.backend.audit_append, now, event, request_id, actor, detail)

@@ -68,6 +68,9 @@ class HoldRecord:
     response_status: int | None = None
     forwarded_at: float | None = None
     failure_reason: str | None = None
+    slack_channel: str | None = None  # the Slack message of this record (review.slack)
+    slack_ts: str | None = None  # None: not posted; "": being posted (or the post was lost)
+    slack_shown: str | None = None  # the state the message last showed
 
     @property
     def approved_by(self) -> tuple[str, ...]:

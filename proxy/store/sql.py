@@ -477,6 +477,37 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         )
         return hold_from_row(row, decisions, comments)
 
+    # -- Slack messages (review.slack) ---------------------------------------------------
+    def slack_claim(self, request_id: str) -> bool:
+        """Take the right to post this record's Slack message: True once, for one caller of
+        all the processes sharing the store, so a message is never posted twice."""
+        with self._tx():
+            return self._exec("UPDATE requests SET slack_ts='' WHERE id=? AND slack_ts IS NULL",
+                              (request_id,)) == 1
+
+    def slack_release(self, request_id: str) -> None:
+        """Give the claim back after a post that failed, for a later attempt."""
+        with self._tx():
+            self._exec("UPDATE requests SET slack_ts=NULL WHERE id=? AND slack_ts=''", (request_id,))
+
+    def slack_posted(self, request_id: str, channel: str, ts: str, shown: str) -> None:
+        with self._tx():
+            self._exec("UPDATE requests SET slack_channel=?, slack_ts=?, slack_shown=? WHERE id=?",
+                       (channel, ts, shown, request_id))
+
+    def slack_shown(self, request_id: str, shown: str) -> None:
+        with self._tx():
+            self._exec("UPDATE requests SET slack_shown=? WHERE id=?", (shown, request_id))
+
+    def slack_unsynced(self, now: float, limit: int = 200) -> tuple[str, ...]:
+        """Records whose Slack message is missing (pending, never posted) or shows another
+        status than the record has: what a process catches up on after a restart."""
+        rows = self._q(
+            "SELECT id FROM requests WHERE (slack_ts IS NULL AND status='pending' AND deadline > ?)"
+            " OR (slack_ts IS NOT NULL AND slack_ts <> '' AND (slack_shown IS NULL OR slack_shown <> status))"
+            " ORDER BY id LIMIT ?", (now, limit))
+        return tuple(r["id"] for r in rows)
+
     # -- grants --------------------------------------------------------------------------
     def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
                   request_id: str | None, now: float) -> Grant:
