@@ -9,6 +9,7 @@ A shell block in README.md is runnable when the line before its opening fence is
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -98,7 +99,18 @@ def test_every_link_and_docs_file_named_exists() -> None:
 def test_every_command_is_in_the_readme_command_line_section() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Command line"):readme.index("## Review API")]
-    parser = build_parser()
-    [sub] = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-    for name in sub.choices:  # type: ignore[union-attr]
-        assert f"hitl-proxy {name}" in section or f"| {name}" in section or f" {name} " in section, name
+    lines = [line for line in section.splitlines() if line.startswith("hitl-proxy ")]
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = [path] if path else []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += walk(sub, (*path, name))
+        return found
+
+    for path in walk(build_parser(), ()):
+        # "policy replay" is documented on the line of `hitl-proxy policy ...` as "replay"
+        assert any(line.startswith(f"hitl-proxy {path[0]}") or f"| {path[0]}" in line or
+                   f" {path[0]} " in line for line in lines), path
+        assert any(path[-1] in line for line in lines), path
