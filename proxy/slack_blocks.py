@@ -21,6 +21,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from proxy import mcp
 from proxy.model import HoldStatus
 from proxy.store.records import HoldRecord
 
@@ -28,7 +29,9 @@ HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
 BUTTON_LIMIT = 75
 BODY_SUMMARY = 700  # characters of a body shown in the message; the detail page has all
-ARGUMENTS_SUMMARY = 1200
+ARGUMENTS_SUMMARY = 1200  # characters of an MCP tool call's arguments (all calls together)
+MCP_CALLS = 3  # tool calls of a batch shown
+MCP_LIMIT = 1024 * 1024  # bodies above this are not read for tool calls
 GRANT_MINUTES = 60
 
 ACTION_APPROVE = "hitl_approve"
@@ -106,31 +109,22 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def mcp_call(body: bytes) -> tuple[str, Any] | None:
-    """(tool name, arguments) of an MCP ``tools/call`` (JSON-RPC 2.0), or None."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("method") != "tools/call":
-        return None
-    params = data.get("params")
-    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-        return None
-    return params["name"], params.get("arguments", {})
-
-
 def body_summary(rec: HoldRecord) -> str:
     """A few lines of mrkdwn: the MCP tool and its arguments, or the body, redacted (Rule 3)."""
     req = rec.forward_request()
     body = req.body
     if not body:
         return ""
-    call = mcp_call(body)
-    if call is not None:
-        name, arguments = call
-        args = json.dumps(_redact_json(arguments), indent=1, ensure_ascii=False)
-        return f"*MCP tool* `{clip(escape(name), 200)}`\n{_code(args, ARGUMENTS_SUMMARY)}"
+    found = mcp.summary(body) if len(body) <= MCP_LIMIT else None
+    calls = [c for c in found["calls"] if c["tool"] is not None] if found else []
+    if calls:
+        shown = calls[:MCP_CALLS]
+        parts = [f"*MCP tool* `{clip(escape(c['tool']), 200)}`\n"
+                 + _code(json.dumps(_redact_json(c["arguments"]), indent=1, ensure_ascii=False),
+                         ARGUMENTS_SUMMARY // len(shown)) for c in shown]
+        if len(calls) > len(shown):
+            parts.append(f"… and {len(calls) - len(shown)} more tool calls in this batch")
+        return "\n".join(parts)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from proxy import mcp
 from proxy.errors import BadRequest, NotFound
 from proxy.gate import Gate
 from proxy.model import Reviewer, Verdict
@@ -133,6 +134,8 @@ class ReviewAPI:
         if not isinstance(edit, dict):
             raise BadRequest("edit must be an object with body and/or headers")
         edit_body = _edit_body(edit)
+        if "arguments" in edit:  # an MCP tool call: the reviewer edited its arguments
+            edit_body = await self._edited_arguments(request.path_params["id"], edit, edit_body)
         edit_headers = edit.get("headers") or {}
         if not isinstance(edit_headers, dict) or not all(
                 isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in edit_headers.items()):
@@ -143,6 +146,17 @@ class ReviewAPI:
         rec = await self.gate.review(request.path_params["id"], reviewer, Verdict(
             "approve", reviewer.name, comment, edit_body, dict(edit_headers), grant))
         return JSONResponse(request_json(rec, self.secret_headers, reviewer))
+
+    async def _edited_arguments(self, request_id: str, edit: dict[str, Any], body: bytes | None) -> bytes:
+        if body is not None:
+            raise BadRequest("edit either the body or the arguments, not both")
+        rec = await self.gate.store.get(request_id)
+        if rec is None:
+            raise NotFound(f"no held request {request_id}")
+        try:
+            return mcp.with_arguments(rec.request.body, edit["arguments"])
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"edit.arguments: {exc}") from exc
 
     async def reject(self, request: Request, reviewer: Reviewer) -> Response:
         data = await self._json_body(request)

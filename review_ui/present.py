@@ -69,6 +69,23 @@ def present_body(text: str | None, size: int, headers: dict[str, str]) -> Body:
                 form[:200], text, size)
 
 
+@dataclass
+class ToolCall:
+    method: str | None
+    tool: str | None
+    arguments: str  # pretty JSON
+
+
+def tool_calls(summary: dict[str, Any] | None) -> list[ToolCall]:
+    """The MCP calls of a request (``request_json``'s ``mcp``), arguments pretty-printed."""
+    if not summary:
+        return []
+    return [ToolCall(c["method"], c["tool"],
+                     json.dumps(c["arguments"] if c["arguments"] is not None else {}, indent=2,
+                                ensure_ascii=False)[:FULL_CHARS])
+            for c in summary["calls"]]
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None

@@ -248,6 +248,8 @@ class WebUI:
             "detail.html", page="detail", item=item, body=body, edit_body=edit_body,
             json_body=body.kind == "json" or present.is_json_type(present.content_type(item["headers"])),
             edit_headers=present.editable_headers(item["headers"]),
+            tool_calls=present.tool_calls(item.get("mcp")),
+            edited_calls=present.tool_calls((item.get("edit") or {}).get("mcp")),
             offer=await grant_offer(self.gate, rec, reviewer),  # tuning.py: the third similar approval
             pending=await self.gate.store.count_pending(), **common)
 

@@ -97,6 +97,7 @@ class BatchUpstream:
 
     def __init__(self) -> None:
         self.runs: list[str] = []
+        self.bodies: list[bytes] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,6 +109,7 @@ class BatchUpstream:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 doc = json.loads(body)
+                outer.bodies.append(body)
                 answers = []
                 for msg in doc if isinstance(doc, list) else [doc]:
                     if msg.get("method") == "tools/call":
@@ -469,3 +471,76 @@ def test_plain_json_posts_are_not_mcp(shipped: Callable[..., Hitl], upstream: An
             r = agent.post(upstream.url("/api"), content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 200 and "x-hitl-error" not in r.headers
     assert upstream.count("/api") == 3
+
+
+# -- what reviewers see, and their edits ------------------------------------------------
+def test_reviewers_see_the_tool_and_its_arguments_everywhere(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    import subprocess
+
+    from tests.conftest import HITL
+
+    hitl = shipped()
+    args = {"to": "ceo@example.com", "subject": "Quarterly numbers", "body": "Revenue <b>up</b>"}
+    post(hitl, batch_server.url, rpc("send_email", args, 3))
+    item = pending(hitl)[0]
+    assert item["mcp"] == {"batch": False, "tools": ["send_email"],
+                           "calls": [{"method": "tools/call", "tool": "send_email", "arguments": args, "id": 3}]}
+    with hitl.api() as api:
+        assert api.get(f"/api/requests/{item['id']}").json()["mcp"]["calls"][0]["arguments"] == args
+    with httpx.Client(base_url=hitl.review_url, trust_env=False, timeout=30, follow_redirects=True) as ui:
+        ui.get(f"/login?token={hitl.admin_token}")
+        queue = ui.get("/").text
+        assert "calls send_email" in queue
+        page = ui.get(f"/requests/{item['id']}").text
+    assert "MCP tool call" in page and "<code>send_email</code>" in page
+    assert '&#34;subject&#34;: &#34;Quarterly numbers&#34;' in page or '&quot;subject&quot;: &quot;Quarterly numbers&quot;' in page
+    assert "Revenue &lt;b&gt;up&lt;/b&gt;" in page  # escaped, never markup
+    assert 'id="edit-arguments"' in page
+    shown = subprocess.run([HITL, "show", item["id"], "--url", hitl.review_url, "--token", hitl.admin_token],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "MCP tool call: send_email, arguments:" in shown
+    assert '      "subject": "Quarterly numbers",' in shown
+    listed = subprocess.run([HITL, "pending", "--url", hitl.review_url, "--token", hitl.admin_token],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "MCP: calls send_email" in listed
+
+
+def test_reviewer_edits_the_arguments_and_the_edited_call_is_what_runs(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    original = {"to": "ceo@example.com", "subject": "Numbers"}
+    post(hitl, batch_server.url, rpc("send_email", original, 1))
+    rid = pending(hitl)[0]["id"]
+    with hitl.api() as api:
+        bad = api.post(f"/api/requests/{rid}/approve", json={"edit": {"arguments": ["not", "an", "object"]}})
+        assert bad.status_code == 400 and pending(hitl)[0]["id"] == rid
+        r = api.post(f"/api/requests/{rid}/approve",
+                     json={"edit": {"arguments": {"to": "finance@example.com", "subject": "Numbers"}}})
+        assert r.status_code == 200, r.text
+        assert r.json()["edit"]["mcp"]["calls"][0]["arguments"]["to"] == "finance@example.com"
+    answer = post(hitl, batch_server.url, rpc("send_email", original, 2)).json()
+    assert answer["id"] == 2 and "isError" not in answer["result"]
+    assert batch_server.runs == ["send_email"]
+    sent = [json.loads(r) for r in batch_server.bodies]
+    assert sent[0]["params"]["arguments"]["to"] == "finance@example.com"
+
+
+def test_audit_and_metrics_carry_the_tool(shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    hitl = shipped()
+    post(hitl, batch_server.url, rpc("delete_user", {"id": "u1"}, 1))
+    post(hitl, batch_server.url, rpc("run_sql", {"sql": "DROP TABLE t"}, 2))
+    ids = {i["mcp"]["tools"][0]: i["id"] for i in pending(hitl)}
+    with hitl.api() as api:
+        api.post(f"/api/requests/{ids['delete_user']}/approve", json={})
+        api.post(f"/api/requests/{ids['run_sql']}/reject", json={"comment": "no DDL"})
+        audit = api.get("/api/audit", params={"limit": 1000}).json()["items"]
+        metrics = api.get("/metrics").text
+    by_event = {(a["event"], a["request_id"]): a["detail"] for a in audit}
+    assert by_event[("hold", ids["delete_user"])]["tool"] == "delete_user"
+    assert by_event[("approve", ids["delete_user"])]["tool"] == "delete_user"
+    assert by_event[("approved", ids["delete_user"])]["tool"] == "delete_user"
+    assert by_event[("reject", ids["run_sql"])]["tool"] == "run_sql"
+    assert by_event[("rejected", ids["run_sql"])]["tool"] == "run_sql"
+    assert 'hitl_requests_total{action="hold",rule="mcp.delete"} 1.0' in metrics
+    assert 'hitl_decisions_total{outcome="rejected",rule="mcp.execute"} 1.0' in metrics

@@ -496,3 +496,56 @@ def test_request_text_cannot_mention_the_channel_or_make_links(gate: Hitl, slack
         for text in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
             if isinstance(text, dict) and isinstance(text.get("text"), str):
                 assert len(text["text"]) <= 3000
+
+
+def test_an_mcp_tool_call_is_shown_as_its_tool_and_redacted_arguments(gate: Hitl, slack: FakeSlack,
+                                                                       upstream: Upstream) -> None:
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "send_email", "arguments": {"to": "cfo@example.com", "api_key": "sk_live_1"}}}
+    hold(gate, upstream, "/hold/mcp", json.dumps(call).encode())
+    shown = texts(posted(slack))
+    assert "*MCP tool* `send_email`" in shown and "cfo@example.com" in shown
+    assert "sk_live_1" not in shown and "[redacted]" in shown
+
+
+# -- 10. processes sharing one store ---------------------------------------------------------
+
+def test_processes_sharing_a_store_post_a_hold_once_and_follow_each_others_decisions(
+        tmp_path: Path, slack: FakeSlack, upstream: Upstream) -> None:
+    """A --role proxy process holds; two --role review processes share the store. One message is
+    posted; a decision made in either review process, or by a click, ends in chat.update."""
+    from tests.test_roles import start_role
+
+    config = write_config(tmp_path, slack_config(slack))
+    procs = []
+    try:
+        proxy, proxy_url = start_role(config, "proxy")
+        procs.append(proxy)
+        first, first_url = start_role(config, "review")
+        procs.append(first)
+        second, second_url = start_role(config, "review")
+        procs.append(second)
+        for n, path in enumerate(("/hold/a", "/hold/b")):
+            with httpx.Client(proxy=proxy_url, trust_env=False, timeout=30) as agent:
+                thread, box = in_background(lambda p=path: agent.post(upstream.url(p), content=b"{}"))
+                message = posted(slack, n)
+                rid = message["blocks"][-1]["elements"][0]["value"].split(":")[0]
+                if n == 0:  # decided through the second review process's API
+                    with httpx.Client(base_url=second_url, trust_env=False, timeout=10,
+                                      headers={"Authorization": f"Bearer {TOKENS['carol']}"}) as client:
+                        assert client.post(f"/api/requests/{rid}/approve", json={}).status_code == 200
+                else:  # a click reaching the first
+                    body = form(click(slack, message, "hitl_approve", "UALICE"))
+                    assert httpx.post(first_url + "/slack/interactions", content=body, headers=signed(body),
+                                      trust_env=False).status_code == 200
+                thread.join(20)
+                assert box["result"].status_code == 200
+                wait_until(lambda m=message: any(u["ts"] == m["ts"] and "sent" in texts(u)
+                                                 for u in slack.of("chat.update")), 15)
+        time.sleep(1)  # a second post would have happened by now
+        assert len(slack.of("chat.postMessage")) == 2
+        assert upstream.count("/hold/a") == 1 and upstream.count("/hold/b") == 1
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)

@@ -156,8 +156,20 @@ def test_config_check_prints_the_slack_section_with_its_secrets_elided(tmp_path:
     path.write_text(json.dumps({"data_dir": str(tmp_path / "data"), "policy": {"paths": [str(tmp_path)]},
                                 "review": {"users": [ALICE], "slack": GOOD}}))
     (tmp_path / "p.rego").write_text('package hitl\n\ndefault decision := {"action": "allow"}\n')
-    done = subprocess.run([HITL, "config", "check", "-c", str(path)], capture_output=True, text=True,
+    done = subprocess.run([HITL, "config", "check", "-c", str(path)], check=False, capture_output=True,
+                          text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "C0123ABCD" in done.stdout and "U0ALICE" in done.stdout
     assert "xoxb-1-2-abc" not in done.stdout + done.stderr and SECRET not in done.stdout + done.stderr
+
+
+def test_the_slack_app_manifest_asks_for_chat_write_and_points_interactivity_at_the_route() -> None:
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).parent.parent / "deploy/slack/manifest.yaml").read_text())
+    assert manifest["oauth_config"]["scopes"]["bot"] == ["chat:write"]
+    interactivity = manifest["settings"]["interactivity"]
+    assert interactivity["is_enabled"] is True
+    assert interactivity["request_url"].startswith("https://")
+    assert interactivity["request_url"].endswith("/slack/interactions")

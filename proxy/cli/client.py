@@ -81,6 +81,8 @@ def pending(args: argparse.Namespace) -> int:
     for rec in sorted(items, key=lambda r: r["deadline"] or ""):
         print(f"{rec['id']}  {rec['agent']:<16} {rec['method']:<6} {rec['url']}")
         print(f"    {rec['message'] or '(no message)'}")
+        if rec.get("mcp") and rec["mcp"]["tools"]:
+            print(f"    MCP: calls {', '.join(rec['mcp']['tools'])}")
         if rec["status"] == "pending":
             print(f"    {rec['approvals']}/{rec['approvals_needed']} approvals, deadline {rec['deadline']}")
         else:
@@ -116,6 +118,9 @@ def _describe(rec: dict[str, Any], grants: list[dict[str, Any]]) -> Iterator[str
         yield f"  response:  {rec.get('response_status')} (forwarded {rec.get('forwarded_at')})"
     if rec.get("failure_reason"):
         yield f"  failed:    {rec['failure_reason']}"
+    yield from _tool_calls(rec.get("mcp"), "  MCP tool call")
+    if rec.get("edited") and rec.get("edit"):
+        yield from _tool_calls(rec["edit"].get("mcp"), "  edited by a reviewer; MCP tool call")
     yield "  headers:"
     for name, value in _header_items(rec["headers"]):
         yield f"    {name}: {value}"
@@ -135,6 +140,20 @@ def _describe(rec: dict[str, Any], grants: list[dict[str, Any]]) -> Iterator[str
     for g in grants:
         state = "active" if g["active"] else ("revoked" if g["revoked_at"] else "expired")
         yield f"  grant:     {g['id']} by {g['created_by']} until {g['expires_at']} ({state})"
+
+
+def _tool_calls(summary: Any, title: str) -> Iterator[str]:
+    """An MCP message's calls: each tool (or method) and its arguments, pretty."""
+    if not isinstance(summary, dict):
+        return
+    for call in summary["calls"]:
+        if call["tool"] is None:
+            yield f"{title}: {call['method'] or '(a response)'}"
+            continue
+        yield f"{title}: {call['tool']}, arguments:"
+        pretty = json.dumps(call["arguments"] if call["arguments"] is not None else {}, indent=2,
+                            ensure_ascii=False)
+        yield from (f"    {line}" for line in pretty.splitlines())
 
 
 def _header_items(headers: Any) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
+from proxy.cli.policy_reload import PolicyReloader
 from proxy.cli.workers import WorkerError, WorkerPool, become_worker, metrics_folder, signal_ready
 from proxy.config import ReviewSettings, Settings
 from proxy.credentials import admin_token_path, new_token
@@ -32,7 +33,6 @@ from proxy.netguard import AddressPolicy
 from proxy.notify import Notifier
 from proxy.policy.embedded import EmbeddedEngine
 from proxy.policy.engine import PolicyEngine
-from proxy.policy.reload import PolicyReloader
 from proxy.server import ConnectHandler as ConnectHandlerFn
 from proxy.server import ListenError, ProxyServer
 from proxy.slack import SlackChannel

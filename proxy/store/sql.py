@@ -38,6 +38,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from proxy import mcp
 from proxy.config_types import store_busy_timeout
 from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
@@ -219,6 +220,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             "method": req.method, "url": req.url, "rule": rec.rule, "message": rec.message,
             "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
             "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
+            **_tool(req.body),
         })
 
     def get(self, request_id: str) -> HoldRecord | None:
@@ -309,12 +311,14 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                     "UPDATE requests SET edit_body = ?, edit_headers = ?, updated_at = ? WHERE id = ?",
                     (edit_body, json.dumps(list(edit_headers)) if edit_headers else None, now, request_id),
                 )
-            self._audit(now, verdict, request_id, reviewer, {"comment": comment, **(audit_detail or {})})
+            tool = _tool(rec.request.body)  # an MCP tool call: its tool, in every decision event
+            self._audit(now, verdict, request_id, reviewer,
+                        {"comment": comment, **tool, **(audit_detail or {})})
             approvals = len(rec.approved_by) + (verdict == "approve")
             if verdict == "reject":
                 self._move(rec, HoldStatus.REJECTED, now, "decided_at = ?", (now,))
                 self._scrub(request_id)
-                self._audit(now, "rejected", request_id, reviewer, {})
+                self._audit(now, "rejected", request_id, reviewer, tool)
             elif approvals >= rec.approvals_needed:
                 after = self._must_get(request_id)
                 digest = after.forward_request().content_digest()
@@ -322,7 +326,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                 self._move(rec, HoldStatus.APPROVED, now,
                            "decided_at = ?, approved_digest = ?, deadline = ?", (now, digest, deadline))
                 self._audit(now, "approved", request_id, reviewer,
-                            {"approved_by": [*rec.approved_by, reviewer], "digest": digest})
+                            {"approved_by": [*rec.approved_by, reviewer], "digest": digest, **tool})
         return self._must_get(request_id)
 
     def add_comment(self, request_id: str, author: str, comment: str, now: float) -> HoldRecord:
@@ -545,3 +549,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             self._audit(now, "revoke_grant", None, by, {"grant_id": grant_id})
         return Grant(**self._q("SELECT * FROM grants WHERE id=?", (grant_id,))[0])
 
+
+def _tool(body: bytes) -> dict[str, str]:
+    """``{"tool": "send_email"}`` for an MCP tool call (a batch: its tools, comma-separated)."""
+    calls = mcp.summary(body) if len(body) <= 1024 * 1024 else None
+    return {"tool": ", ".join(calls["tools"])} if calls and calls["tools"] else {}

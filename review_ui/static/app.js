@@ -109,6 +109,8 @@
     set("method", item.method);
     set("host", item.host);
     set("path", item.path);
+    const tool = set("tool", item.mcp && item.mcp.tools.length ? "calls " + item.mcp.tools.join(", ") : "");
+    if (tool) tool.hidden = !tool.textContent;
     set("agent", item.agent);
     set("approvals", item.approvals + "/" + item.approvals_needed + " approvals");
     const badge = set("status", LABELS[item.status] || item.status);
@@ -204,6 +206,7 @@
     const editBox = document.getElementById("edit-box");
     const editBody = document.getElementById("edit-body");
     const editHeaders = document.getElementById("edit-headers");
+    const editArguments = document.getElementById("edit-arguments");  // an MCP tool call's
     let acting = false;
 
     function fail(message) {
@@ -225,7 +228,13 @@
 
     function buildEdit() {
       const edit = {};
-      if (editBody.value !== editBody.defaultValue) {
+      if (editArguments && editArguments.value !== editArguments.defaultValue) {
+        try { edit.arguments = JSON.parse(editArguments.value); } catch (err) {
+          throw new Error("The edited arguments are not valid JSON, so nothing was sent: " + err.message);
+        }
+        if (editBody.value !== editBody.defaultValue)
+          throw new Error("Edit either the arguments or the body, not both.");
+      } else if (editBody.value !== editBody.defaultValue) {
         if (document.getElementById("edit").dataset.json === "true") {
           try { JSON.parse(editBody.value); } catch (err) {
             throw new Error("The edited body is not valid JSON, so nothing was sent: " + err.message);
