@@ -242,7 +242,8 @@ def write_config(folder: Path, fakes: list[RunningFake], proxy: str, review: str
         "review": {"listen": review},
         "policy": {"paths": [str(policies)]},
         "store": {"url": f"sqlite:///{folder / 'data' / 'hitl.db'}"},
-        "hold": {"client_wait": "20s", "timeout": "10m"},
+        # short waits, so the demo's agent shows the retry rule within a minute
+        "hold": {"client_wait": "20s", "retry_after": "3s", "timeout": "10m"},
         "log": {"format": "text", "level": "warning"},
     }
     path = folder / "config.yaml"

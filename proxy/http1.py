@@ -164,6 +164,7 @@ class HTTPConnection:
                    ("X-HITL-Request-Id", exc.request_id or request_id)]
         if exc.retry_after is not None:
             headers.append(("Retry-After", str(exc.retry_after)))
+        headers += exc.headers
         if exc.status == 407:
             headers.append(("Proxy-Authenticate", 'Basic realm="hitl-proxy"'))
         if exc.status in (400, 413, 431) or self.conn.their_state not in (h11.DONE, h11.IDLE):
