@@ -112,6 +112,7 @@ class PolicySettings:
     shadow: bool = False
     decision_log: int = 100_000
     decision_log_allowed: float = 1.0
+    max_input_body_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.decision_log_allowed", 1.0,
             "Share of allowed requests written to the decision log (holds, denies: all).",
             _plain(_fraction)),
+    Setting("policy.max_input_body_bytes", 262144,
+            "Largest body the policy input carries parsed (bytes, or e.g. 256KiB); past it"
+            " body and body_text are null, body_truncated true.",
+            _plain(parse_size)),
     Setting("store.url", "sqlite:///./hitl-data/hitl.db",
             "sqlite:///relative/file.db, sqlite:////absolute/file.db or"
             " postgresql://user@host:5432/db?schema=NAME (created on first open).",

@@ -138,7 +138,7 @@ class Gate:
         now = self.clock()
         try:
             if doc is None:
-                doc = build_input(req, agent, now, self._secret_headers)
+                doc = self.policy_input(req, agent, now)
             if rpc is None:
                 decision = await self.policy.decide(doc)
             else:  # each call of a JSON-RPC message judged on its own; the strictest wins
@@ -161,6 +161,9 @@ class Gate:
         note(agent=agent.id, host=req.authority, path=req.path, action=decision.action.value, rule=decision.rule)
         return decision
 
+    def policy_input(self, req: AgentRequest, agent: Agent, now: float) -> dict[str, Any]:
+        return build_input(req, agent, now, self._secret_headers, self.settings.policy.max_input_body_bytes)
+
     def shadowed(self, decision: Decision, agent: Agent, method: str, host: str, port: int, path: str,
                  request_id: str, now: float) -> bool:
         """True when this hold or deny is in shadow (the decision's ``shadow``, or
@@ -176,8 +179,11 @@ class Gate:
     async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
         request_id = new_id()
         await self.check_destination(req.host, req.port, request_id)
-        doc = build_input(req, agent, self.clock(), self._secret_headers)
-        rpc = mcp.read(req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
+        doc = self.policy_input(req, agent, self.clock())
+        # A body too large for the policy to read is not read as MCP either (the shipped
+        # policy holds it): parsing megabytes here would stall the loop all the same.
+        rpc = None if doc["request"]["body_truncated"] else mcp.read(
+            req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
         if rpc is None or not rpc.answerable:
             return await self._act(req, agent, request_id, doc, rpc)
         try:  # MCP: answered on the JSON-RPC level, so the client and its model understand
