@@ -66,6 +66,15 @@ SPEC: dict[str, Any] = {
                                         "responses": {"200": {"description": "the revoked grant"}, "404": _ERR}}},
         "/api/audit": {"get": {"summary": "Audit records", "responses": {"200": {"description": "{items, next_after}"}}}},
         "/api/events": {"get": {"summary": "Server-sent events of changes", "responses": {"200": {"description": "text/event-stream"}}}},
+        "/api/insights": {"get": {"summary": "Per rule: holds, outcome rates, time to decision, suggestions",
+                                  "parameters": [{"name": "window", "in": "query", "schema": {"type": "string"}}],
+                                  "responses": {"200": {"description": "{window, quick_seconds, rules, suggestions}"},
+                                                "400": _ERR, "401": _ERR}}},
+        "/api/shadow": {"get": {"summary": "Holds and denies that shadow mode let through, newest first",
+                                "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                                               for n in ("rule", "agent", "host", "window", "before", "limit")],
+                                "responses": {"200": {"description": "{window, filters, summary, facets, items, "
+                                                      "next_before}"}, "400": _ERR, "401": _ERR}}},
         "/healthz": {"get": {"security": [], "responses": {"200": {"description": "{status: ok}"}}}},
         "/readyz": {"get": {"security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
         "/metrics": {"get": {"security": [], "responses": {"200": {"description": "Prometheus text"}}}},

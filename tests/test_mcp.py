@@ -55,6 +55,17 @@ class McpUpstream:
             return f"sunny in {city}"
 
         @server.tool()
+        async def execute_report(steps: int, ctx: Context) -> str:
+            """A held tool (executes) that reports progress, then waits for the test."""
+            runs.append(("execute_report", {"steps": steps}))
+            await ctx.report_progress(1, steps, "started")
+            for _ in range(200):
+                if release.is_set():
+                    return "report ready"
+                await asyncio.sleep(0.05)
+            return "nobody released me"
+
+        @server.tool()
         async def slow_report(steps: int, ctx: Context) -> str:
             """A read-only tool that reports progress, then waits for the test to release it."""
             runs.append(("slow_report", {"steps": steps}))
@@ -301,6 +312,34 @@ def test_reverse_route_and_an_sse_answer_streamed_through(
     assert not result.is_error and text_of(result) == "report ready"
     assert seen == [(1, "first step done")]
     assert mcp_server.count("slow_report") == 1
+
+
+def test_approved_call_answer_is_streamed_with_its_progress_readdressed(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After approval the retry (new id, new progress token) gets the server's event stream
+    as it comes: the progress event arrives, re-addressed, while the tool still runs."""
+    hitl = shipped()
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+    seen: list[str | None] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append(message)
+        mcp_server.release.set()
+
+    async def flow(s: ClientSession) -> tuple[Any, Any, Any]:
+        first = await s.call_tool("execute_report", {"steps": 2}, progress_callback=progress)
+        with hitl.api() as api:
+            api.post(f"/api/requests/{pending(hitl)[0]['id']}/approve", json={})
+        second = await s.call_tool("execute_report", {"steps": 2}, progress_callback=progress)
+        third = await s.call_tool("execute_report", {"steps": 2})  # the stored answer
+        return first, second, third
+
+    first, second, third = run(with_session(mcp_server.url, flow))
+    assert first.is_error and mcp_server.count("execute_report") == 1
+    assert text_of(second) == "report ready" and seen == ["started"]
+    assert text_of(third) == "report ready" and mcp_server.count("execute_report") == 1
+    items = all_items(hitl)
+    assert len(items) == 1 and items[0]["status"] == "forwarded"
 
 
 def test_held_call_through_a_reverse_route(shipped: Callable[..., Hitl], mcp_server: McpUpstream) -> None:

@@ -23,7 +23,7 @@ import pytest
 from proxy.errors import PolicyError
 from proxy.model import Agent, AgentRequest
 from proxy.policy import EmbeddedEngine, build_input, connect_input
-from proxy.policy.embedded import _UNDEFINED
+from proxy.policy.embedded import UNDEFINED
 from proxy.policy.opa import OpaEngine
 from tests.conftest import ROOT, TEST_POLICY, Hitl, Upstream
 
@@ -75,7 +75,7 @@ class FakeOpa:
             return 200, {}
         # The embedded engine's raw value for the entrypoint, as OPA would give it.
         value = self.engine._evaluate(path.removeprefix("/v1/data/"), body["input"])
-        return 200, {} if value is _UNDEFINED else {"result": value}
+        return 200, {} if value is UNDEFINED else {"result": value}
 
     def close(self) -> None:
         self.server.shutdown()

@@ -18,8 +18,8 @@ from proxy.policy import (
     PolicyLoadError,
     build_input,
     connect_input,
-    embedded,
     parse_decision,
+    rego_input,
     run_tests,
 )
 from proxy.redact import SECRET_HEADERS, is_secret, redact_headers
@@ -92,7 +92,7 @@ TRICKY = {
 
 def test_fast_input_matches_the_json_term() -> None:
     """The direct C-call input gives the policy what rego-cpp's own JSON parsing gives."""
-    assert embedded._FAST
+    assert rego_input._FAST
     doc = build_input(
         make_request(
             "POST",
@@ -107,7 +107,7 @@ def test_fast_input_matches_the_json_term() -> None:
     probe = regopy.Interpreter()
     probe.add_module("p.rego", "package p\nx := input\n")
     bundle = probe.build(None, ["p/x"])
-    probe.set_input(embedded._input_fast(doc))
+    probe.set_input(rego_input._input_fast(doc))
     fast = str(probe.query_bundle_entrypoint(bundle, "p/x"))
     probe.set_input_term(json.dumps(doc, ensure_ascii=False))
     term = str(probe.query_bundle_entrypoint(bundle, "p/x"))
@@ -440,6 +440,7 @@ def test_build_input_shape() -> None:
             "body": {"amount": 5000, "currency": "usd"},
             "body_text": body,
             "body_size": len(body),
+            "body_truncated": False,
         },
         "agent": {"id": "billing-agent", "address": "10.0.0.7"},
         "time": {"unix": 1795000000, "iso": "2026-11-18T11:06:40Z"},

@@ -153,3 +153,34 @@ def test_a_shadow_decision_never_lets_through_what_the_engine_failed_to_judge(
     assert shadow_events(hitl) == []
     m = scrape(hitl)
     assert "hitl_shadow_total" not in m or by_labels(m, "hitl_shadow_total") == {}
+
+
+def test_a_store_that_cannot_take_the_log_never_delays_allowed_requests_and_drops_are_counted(
+        make_hitl: Callable[..., Hitl], upstream: Upstream, tmp_path: Any, monkeypatch: Any) -> None:
+    import sqlite3
+
+    from proxy import decision_log
+
+    monkeypatch.setattr(decision_log, "MAX_BUFFERED", 5)  # a tiny buffer, to reach its bound
+    db = tmp_path / "data" / "hitl.db"
+    hitl = make_hitl({"store.url": f"sqlite:///{db}?busy_timeout=0.2"}, policy=SHADOW_POLICY)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: every log write fails
+    try:
+        with hitl.agent() as agent:
+            for i in range(12):
+                assert agent.get(upstream.url(f"/items/{i}")).status_code == 200
+        assert upstream.count("/items/") == 12
+        time.sleep(0.8)  # a flush or two fail meanwhile
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        def logged() -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM decision_log").fetchone()[0])
+        kept = wait_for(logged, lambda n: n > 0)
+    finally:
+        conn.close()
+    dropped = by_labels(scrape(hitl), "hitl_decision_log_dropped_total")[()]
+    assert kept <= 5 and dropped >= 7 and kept + dropped == 12

@@ -13,8 +13,8 @@ from typing import Any
 
 from proxy.config import Settings, load_settings
 from proxy.errors import CommandError, GateError, PolicyError
-from proxy.policy.embedded import TestResult, run_tests
 from proxy.policy.engine import PolicyLoadError
+from proxy.policy.rego_tests import TestResult, run_tests
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy.errors import ConfigError, StoreError
-from proxy.policy.embedded import DATA_FILES, EmbeddedEngine
+from proxy.policy.embedded import EmbeddedEngine
 from proxy.policy.engine import PolicyLoadError
+from proxy.policy.rego_files import DATA_FILES
 
 if TYPE_CHECKING:
     from proxy.gate import Gate
