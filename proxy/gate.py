@@ -236,7 +236,7 @@ class Gate:
 
     async def check_destination(self, host: str, port: int, request_id: str) -> None:
         """Resolve and classify the destination before the policy and before any hold: a
-        reviewer is never asked to approve a request that cannot be sent (DESIGN §6). The
+        reviewer is never asked to approve a request that cannot be sent (docs/agent-contract.md). The
         forward dials the addresses checked here; an approved hold is checked again."""
         try:
             await self.upstream.destination(host, port)
@@ -301,7 +301,7 @@ class Gate:
                                    "pending store, so it was not queued or sent. Retry it after "
                                    "Retry-After seconds.") from exc
         if not created and rec.status is HoldStatus.REJECTED:
-            # Refusals are remembered (DESIGN §7): the same answer, not a new review item.
+            # Refusals are remembered (docs/agent-contract.md): the same answer, not a new review item.
             log.info("%s %s %s%s repeats rejected %s: refused again", agent.id, req.method,
                      req.authority, req.path, rec.id)
             raise self._rejection(rec, replayed=True)
@@ -447,7 +447,7 @@ class Gate:
 
     def begin_shutdown(self) -> None:
         """Stop holding agents: each one waiting on a pending hold is answered approval_pending
-        at once (DESIGN §6); the holds stay in the store. Forwards in flight go on."""
+        at once (docs/agent-contract.md); the holds stay in the store. Forwards in flight go on."""
         self.stopping = True
         for event in self._wakeups.values():
             event.set()

@@ -1,4 +1,4 @@
-"""Records as the review API shows them (DESIGN §8): secrets redacted, times RFC 3339."""
+"""Records as the review API shows them (GET /api/openapi.json): secrets redacted, times RFC 3339."""
 
 from __future__ import annotations
 

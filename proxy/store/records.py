@@ -138,7 +138,7 @@ class AuditRecord:
         }
 
     def compute_hash(self) -> str:
-        """SHA-256 over the previous hash and this record's canonical JSON (DESIGN §8)."""
+        """SHA-256 over the previous hash and this record's canonical JSON."""
         return hashlib.sha256((self.prev_hash + canonical(self.body())).encode()).hexdigest()
 
     def as_dict(self) -> dict[str, Any]:
