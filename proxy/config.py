@@ -79,6 +79,7 @@ __all__ = [
 class ProxySettings:
     listen: HostPort = HostPort("127.0.0.1", 8080)
     workers: int = 1
+    shutdown_grace: float = 10.0
     intercept_tls: bool = True
     ca_dir: Path = Path("hitl-data/ca")
     upstream_ca_bundle: Path | None = None
@@ -111,6 +112,7 @@ class PolicySettings:
     shadow: bool = False
     decision_log: int = 100_000
     decision_log_allowed: float = 1.0
+    max_input_body_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,7 @@ class HoldSettings:
     timeout: float = 15 * 60.0
     on_timeout: str = "deny"
     client_wait: float = 55.0
+    retry_after: float = 30.0
     replay_window: float = 10 * 60.0
     max_pending_per_agent: int = 100
 
@@ -231,6 +234,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("proxy.workers", 1,
             "Processes serving proxy.listen (one core each); 1 = this process only.",
             _plain(lambda v, k: parse_int(v, k, minimum=1, maximum=64))),
+    Setting("proxy.shutdown_grace", "10s",
+            "On SIGTERM: answer waiting agents approval_pending, let forwards finish this long, exit.",
+            _duration),
     _flag("proxy.intercept_tls", True,
           "Intercept CONNECT to hosts that policy may hold, with the local CA."),
     Setting("proxy.ca_dir", "./hitl-data/ca",
@@ -292,6 +298,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.decision_log_allowed", 1.0,
             "Share of allowed requests written to the decision log (holds, denies: all).",
             _plain(_fraction)),
+    Setting("policy.max_input_body_bytes", 262144,
+            "Largest body the policy input carries parsed (bytes, or e.g. 256KiB); past it"
+            " body and body_text are null, body_truncated true.",
+            _plain(parse_size)),
     Setting("store.url", "sqlite:///./hitl-data/hitl.db",
             "sqlite:///relative/file.db, sqlite:////absolute/file.db or"
             " postgresql://user@host:5432/db?schema=NAME (created on first open).",
@@ -302,9 +312,14 @@ SETTINGS: tuple[Setting, ...] = (
             "What a passed deadline means: deny | allow.",
             _choice("deny", "allow", cast=OnTimeout)),
     Setting("hold.client_wait", "55s",
-            "How long the agent's connection is held open.", _duration),
+            "How long the agent's connection is held open (under Stripe's 80 s client timeout).",
+            _duration),
+    Setting("hold.retry_after", "30s",
+            "Retry-After of approval_pending: OpenAI and Anthropic SDKs wait this, then retry.",
+            _duration),
     Setting("hold.replay_window", "10m",
-            "How long a forwarded response is kept for identical retries.", _duration),
+            "How long a forwarded response, or a rejection, is repeated to identical retries.",
+            _duration),
     Setting("hold.max_pending_per_agent", 100,
             "Beyond it, new holds get 429 too_many_pending.",
             _plain(lambda v, k: parse_int(v, k, minimum=1))),

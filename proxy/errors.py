@@ -43,6 +43,7 @@ class GateError(Exception):
             self.status = status
         self.request_id: str | None = extra.pop("request_id", None)
         self.extra = {k: v for k, v in extra.items() if v is not None}
+        self.headers: list[tuple[str, str]] = []  # extra response headers (X-HITL-Replayed)
 
     def body(self, request_id: str) -> dict[str, Any]:
         """The nested shape that OpenAI's, Anthropic's and Stripe's SDKs parse into their
@@ -86,7 +87,9 @@ class ApprovalTimedOut(GateError):
 
 
 class ApprovalPending(GateError):
-    status, code, retry_after = 503, "approval_pending", 5
+    # 503 + Retry-After is what the SDKs retry on their own (OpenAI and Anthropic wait the
+    # Retry-After, Stripe its own back-off); the gate sets Retry-After from hold.retry_after.
+    status, code, retry_after = 503, "approval_pending", 30
 
 
 class TooManyPending(GateError):

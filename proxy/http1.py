@@ -84,7 +84,9 @@ class HTTPConnection:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
+                # DESIGN §6: a malformed request is 400 bad_request (431 for an oversize head);
+                # h11's other hints (501 for an unknown transfer coding) are answered as 400.
+                status = 431 if exc.error_status_hint == 431 else 400
                 raise BadRequest(f"malformed HTTP request: {exc}", status=status) from exc
             if event is not h11.NEED_DATA:
                 return event
@@ -164,6 +166,7 @@ class HTTPConnection:
                    ("X-HITL-Request-Id", exc.request_id or request_id)]
         if exc.retry_after is not None:
             headers.append(("Retry-After", str(exc.retry_after)))
+        headers += exc.headers
         if exc.status == 407:
             headers.append(("Proxy-Authenticate", 'Basic realm="hitl-proxy"'))
         if exc.status in (400, 413, 431) or self.conn.their_state not in (h11.DONE, h11.IDLE):

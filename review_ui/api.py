@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from proxy import mcp
 from proxy.errors import BadRequest, NotFound
+from proxy.events import CLOSED
 from proxy.gate import Gate
 from proxy.model import Reviewer, Verdict
 from review_ui.auth import ReviewerAuth
@@ -213,6 +214,8 @@ class ReviewAPI:
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    if event is CLOSED:  # the process is stopping
+                        return
                     yield f"event: {event.get('type', 'changed')}\ndata: {json.dumps(event)}\n\n"
             finally:
                 self.gate.events.unsubscribe(queue)

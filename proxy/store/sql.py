@@ -198,8 +198,10 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             if found is not None:
                 return found, False
             if max_pending is not None and self.count_pending(rec.agent) >= max_pending:
-                raise TooManyPending(f"{rec.agent} already has {max_pending} requests waiting for "
-                                     "review; wait for decisions before sending more")
+                raise TooManyPending(f"This request needs human review, but agent {rec.agent} already "
+                                     f"has {max_pending} requests waiting for review, so it was not "
+                                     "queued or sent. Wait for those decisions, then retry after "
+                                     "Retry-After seconds.")
             self._insert(rec)
         return rec, True
 
@@ -235,11 +237,13 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def find_by_fingerprint(self, fingerprint: str, now: float, replay_window: float) -> HoldRecord | None:
         """The record a new request with this fingerprint attaches to: a live one (pending,
-        approved, forwarding), or one forwarded within the replay window."""
+        approved, forwarding), one forwarded within the replay window (its response is
+        replayed), or one rejected within it (the refusal is repeated, not re-queued)."""
         rows = self._q(
             "SELECT * FROM requests WHERE fingerprint = ? AND (status IN ('pending','approved','forwarding')"
-            " OR (status = 'forwarded' AND forwarded_at >= ?)) ORDER BY id DESC LIMIT 1",
-            (fingerprint, now - replay_window),
+            " OR (status = 'forwarded' AND forwarded_at >= ?) OR (status = 'rejected' AND decided_at >= ?))"
+            " ORDER BY id DESC LIMIT 1",
+            (fingerprint, now - replay_window, now - replay_window),
         )
         return self._hydrate(rows[0]) if rows else None
 
