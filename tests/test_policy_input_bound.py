@@ -53,6 +53,14 @@ def _json_body(size: int) -> bytes:
     return body
 
 
+def _probe(r: httpx.Response) -> dict[str, Any]:
+    """What SIZE_POLICY saw: the JSON its denial message carries (within the gate's wording)."""
+    assert r.json()["error"]["code"] == "denied_by_policy", r.text
+    message: str = r.json()["error"]["message"]
+    seen: dict[str, Any] = json.loads(message[message.index("{"):message.rindex("}") + 1])
+    return seen
+
+
 def _request(body: bytes, method: str = "POST", host: str = "api.stripe.com",
              path: str = "/v1/charges") -> AgentRequest:
     return AgentRequest(method, "https", host, 443, path, (("Content-Type", "application/json"),), body)
@@ -79,7 +87,7 @@ def test_the_bound_is_a_setting_and_applies_through_the_proxy(make_hitl: Any, up
             body = _json_body(size)
             r = agent.post(upstream.url("/size"), content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == 403
-            seen = json.loads(r.json()["error"]["message"])
+            seen = _probe(r)
             assert seen == {"size": len(body), "truncated": truncated, "body_null": truncated,
                             "text_null": truncated, "amount": None if truncated else 5000}
     assert upstream.count("/size") == 0
@@ -103,7 +111,7 @@ def test_get_requests_complete_while_a_5_mib_json_body_is_judged(make_hitl: Any,
         thread.join(30)
     assert codes == [200] * 20
     assert box["result"].status_code == 403
-    assert json.loads(box["result"].json()["error"]["message"])["truncated"] is True
+    assert _probe(box["result"])["truncated"] is True
 
 
 def _ticks_during(engine: EmbeddedEngine, doc: dict[str, Any]) -> int:
