@@ -5,7 +5,7 @@ Theory of operation
 Rule 1. Every request is judged by the policy before anything leaves the proxy. When the
         policy cannot answer, the request is refused (``policy_error``): fail closed.
 Rule 2. A held request is written to the store before the agent is told anything, and the
-        store decides every transition (see ``store/sqlite.py``). This module keeps no
+        store decides every transition (see ``store/sql.py``). This module keeps no
         state of its own but wake-up events; a restart loses nothing.
 Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
         and duplicates never make a second review item.
