@@ -5,7 +5,7 @@ Theory of operation
 Rule 1. Every request is judged by the policy before anything leaves the proxy. When the
         policy cannot answer, the request is refused (``policy_error``): fail closed.
 Rule 2. A held request is written to the store before the agent is told anything, and the
-        store decides every transition (see ``store/sqlite.py``). This module keeps no
+        store decides every transition (see ``store/sql.py``). This module keeps no
         state of its own but wake-up events; a restart loses nothing.
 Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
         and duplicates never make a second review item.
@@ -626,7 +626,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) -> dict[str, Any]:
-    from proxy.redact import is_secret
+    from proxy.redact import REDACTED, is_secret
 
     def text(b: bytes | None) -> str | None:
         return None if b is None else b[:65536].decode("utf-8", "replace")
@@ -634,6 +634,6 @@ def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) ->
     return {
         "original_body": text(rec.request.body),
         "edited_body": text(verdict.edit_body),
-        "headers": {k: ("[redacted]" if v is not None and is_secret(k, secrets) else v)
+        "headers": {k: (REDACTED if v is not None and is_secret(k, secrets) else v)
                     for k, v in verdict.edit_headers.items()},
     }

@@ -74,6 +74,16 @@ TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
 }
 
 
+def utf8_text(body: bytes | None) -> str | None:
+    """The body as text when it is UTF-8 (the policy's ``body_text``, the API's), else None."""
+    if body is None:
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def can_transition(current: HoldStatus, wanted: HoldStatus) -> bool:
     return wanted in TRANSITIONS[current]
 

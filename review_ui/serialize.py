@@ -5,18 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import mcp
-from proxy.model import Reviewer
+from proxy.model import Reviewer, utf8_text
 from proxy.redact import redact_headers
 from proxy.store.records import AuditRecord, Grant, HoldRecord, rfc3339
-
-
-def _text(body: bytes | None) -> str | None:
-    if body is None:
-        return None
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
@@ -32,7 +23,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "host": req.host,
         "path": req.path,
         "headers": redact_headers(req.headers, secret_headers),
-        "body_text": _text(req.body),
+        "body_text": utf8_text(req.body),
         "body_size": len(req.body),
         "message": rec.message,
         "rule": rec.rule,
@@ -58,7 +49,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
     if out["edited"]:
         fwd = rec.forward_request()
         out["edit"] = {"headers": redact_headers(fwd.headers, secret_headers),
-                       "body_text": _text(fwd.body), "body_size": len(fwd.body),
+                       "body_text": utf8_text(fwd.body), "body_size": len(fwd.body),
                        "mcp": _tool_calls(fwd.body)}
     if viewer is not None:
         out["can_decide"] = viewer.may_decide(rec.reviewers)

@@ -34,7 +34,6 @@ import json
 import os
 import secrets
 import socket
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from proxy import mcp
 from proxy.config_types import store_busy_timeout
 from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
-from proxy.redact import SECRET_HEADERS
+from proxy.redact import REDACTED, SECRET_HEADERS
 from proxy.store.records import (
     GENESIS,
     AuditRecord,
@@ -55,8 +54,6 @@ from proxy.store.records import (
 )
 from proxy.store.rows import audit_from_row, hold_from_row
 from proxy.store.tuning import TuningQueries
-
-REDACTED = "[redacted]"
 
 AUDIT_PAGE = 1000
 RETENTION_BATCH = 500  # records one retention sweep strips per write transaction
@@ -122,16 +119,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     def __init__(self, secret_headers: frozenset[str]) -> None:
         self._secrets = SECRET_HEADERS | secret_headers
 
-    # -- plumbing, supplied by the backend -----------------------------------------------
-    def _tx(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        raise NotImplementedError
-
-    def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
+    # -- plumbing: _tx, _exec and _q are supplied by the backend (declared in tuning.py) --
     def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         rows = self._q(sql, params)
         return next(iter(rows[0].values())) if rows else None
