@@ -1,4 +1,4 @@
-"""Who is the agent? (DESIGN §5)
+"""Who is the agent? (docs/agent-contract.md)
 
 ``Proxy-Authorization: Basic id:token`` for forward-proxy requests, ``X-HITL-Agent: id:token``
 for reverse routes. A configured agent must present its token; an id that is not configured
@@ -12,16 +12,18 @@ import base64
 import binascii
 
 from proxy.config import AgentCredential
-from proxy.credentials import VerifiedCache
+from proxy.credentials import SHA256_PREFIX, FailureLimiter, VerifiedCache
 from proxy.errors import ProxyAuthRequired
 from proxy.model import ANONYMOUS, Agent
 
 
 class AgentAuthenticator:
-    def __init__(self, agents: tuple[AgentCredential, ...], require: bool) -> None:
+    def __init__(self, agents: tuple[AgentCredential, ...], require: bool,
+                 limiter: FailureLimiter | None = None) -> None:
         self._hashes = {a.id: a.token_hash for a in agents}
         self._require = require
         self._cache = VerifiedCache()
+        self._limiter = limiter or FailureLimiter()
 
     async def identify(self, address: str, proxy_authorization: str | None,
                        agent_header: str | None) -> Agent:
@@ -35,7 +37,20 @@ class AgentAuthenticator:
                                         "Proxy-Authorization: Basic base64(agent-id:token)")
             return Agent(ANONYMOUS, address)
         hashed = self._hashes.get(agent_id)
-        if hashed is None or not token or not await self._cache.verify(hashed, token):
+        # The cheap answers first: a sha256: entry, or a pair argon2 already verified. Only
+        # then may a credential cost argon2 work, and only while the address is under its
+        # failure limit — a known agent keeps working while a neighbour guesses.
+        if hashed is not None and token and self._cache.cached(hashed, token):
+            return Agent(agent_id, address)
+        wait = self._limiter.wait(address)
+        if wait:
+            exc = ProxyAuthRequired(f"too many failed credential attempts from {address}; "
+                                    f"retry in {int(wait) + 1} s")
+            exc.retry_after = int(wait) + 1
+            raise exc
+        if hashed is None or not token or hashed.startswith(SHA256_PREFIX) \
+                or not await self._cache.verify(hashed, token):
+            self._limiter.failed(address)
             raise ProxyAuthRequired(f"unknown agent or wrong token for {agent_id!r}")
         return Agent(agent_id, address)
 

@@ -253,6 +253,16 @@ def parse_http_url(value: Any, key: str) -> str:
     return value.strip()
 
 
+def parse_token_hash(value: Any, key: str) -> str:
+    """A token's hash: ``sha256:<64 hex>`` (minted by `hitl-proxy new-token`) or argon2."""
+    if isinstance(value, str) and value.startswith("sha256:"):
+        if len(value) != 71 or any(c not in "0123456789abcdef" for c in value[7:]):
+            raise ConfigError(key, "not a sha256 token hash (sha256: and 64 lower-case hex digits; "
+                                   "make one with `hitl-proxy new-token NAME`)")
+        return value
+    return parse_argon2_hash(value, key)
+
+
 def parse_argon2_hash(value: Any, key: str) -> str:
     # Only the shape is checked here; argon2 itself verifies when a secret is presented.
     if not isinstance(value, str) or not value.startswith("$argon2"):
@@ -322,7 +332,7 @@ def parse_agents(value: Any, key: str) -> tuple[AgentCredential, ...]:
         agent_id = parse_str(fields["id"], f"{where}.id")
         if ":" in agent_id:  # agents log in with Basic id:token, split at the first colon
             raise ConfigError(f"{where}.id", f"{agent_id!r} must not contain ':'")
-        token_hash = parse_argon2_hash(fields["token_hash"], f"{where}.token_hash")
+        token_hash = parse_token_hash(fields["token_hash"], f"{where}.token_hash")
         return AgentCredential(agent_id, token_hash)
 
     agents = parse_list(value, key, agent)
@@ -340,7 +350,8 @@ def parse_principals(
         groups = parse_list(fields.get("groups"), f"{where}.groups", parse_str)
         name = parse_str(fields["name"], f"{where}.name")
         slack = None if fields.get("slack") is None else parse_slack_user(fields["slack"], f"{where}.slack")
-        return cls(name, parse_argon2_hash(fields[secret], f"{where}.{secret}"), groups, slack)
+        parse_hash = parse_token_hash if secret == "token_hash" else parse_argon2_hash
+        return cls(name, parse_hash(fields[secret], f"{where}.{secret}"), groups, slack)
 
     def parse(value: Any, key: str) -> tuple[Any, ...]:
         items = parse_list(value, key, principal)

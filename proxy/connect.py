@@ -42,7 +42,6 @@ from proxy.logs import note
 from proxy.model import Action, Agent, Decision
 from proxy.policy.input import canonical_host, connect_input
 from proxy.tunnel import CAN_SPLICE, Tunnel, detach, dial
-from proxy.upstream import resolve_guarded
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -91,8 +90,10 @@ class ConnectHandler:
         host, port = parse_authority(event.target.decode("latin-1"))
         # A CONNECT has no body; reading to its end lets h11 see the pending protocol switch.
         await http.read_body(0, None)
-        decision = await self._judge(host, port, agent, request_id)
+        # The destination first (docs/agent-contract.md): a blocked or unresolvable host is refused before
+        # the policy is asked, and inner requests reuse this check (upstream.destination).
         addresses = await self._resolve(host, port, request_id)
+        decision = await self._judge(host, port, agent, request_id)
         intercept = self.settings.proxy.intercept_tls and await self._intercept(host, port, agent, request_id)
         if not intercept and decision.action is Action.HOLD:
             raise DeniedByPolicy(
@@ -138,7 +139,7 @@ class ConnectHandler:
     async def _resolve(self, host: str, port: int, request_id: str) -> list[str]:
         """The resolved addresses the SSRF guard allows (Rule 2); a tunnel dials only these."""
         try:
-            addresses = await resolve_guarded(host, port, self.gate.upstream.address_policy, DNS_TIMEOUT)
+            addresses = await self.gate.upstream.destination(host, port)
         except GateError as exc:  # DestinationBlocked (403) or a resolver failure (502)
             exc.request_id = request_id
             raise

@@ -12,10 +12,11 @@ Two records, both for the people who tune the policies:
 
 Theory of operation
 -------------------
-Rule 1. Nothing here makes an agent wait: the gate appends to an in-memory batch, and one
-        task writes each batch in a single store transaction, every ``FLUSH_SECONDS`` or as
-        soon as ``FLUSH_ROWS`` entries wait. The per-request cost on the event loop is the
-        redaction and one ``json.dumps`` of the input (measured in the README).
+Rule 1. Nothing here makes an agent wait: the gate appends a reference to the judged input
+        to an in-memory batch (under a microsecond), and one task redacts and serializes
+        each batch in a worker thread, then writes it in a single store transaction, every
+        ``FLUSH_SECONDS`` or as soon as ``FLUSH_ROWS`` entries wait
+        (``bench/bench_decision_log.py`` measures the cost).
 Rule 2. The batch is bounded (``MAX_BUFFERED``): when the store is slow or down, the oldest
         unwritten entries are dropped and counted (``hitl_decision_log_dropped_total``);
         the agent's request is never delayed or refused for it.
@@ -90,7 +91,8 @@ class DecisionRecorder:
         self.on_drop = on_drop
         self._sample = sample
         self._shadows: list[ShadowEvent] = []
-        self._rows: list[LogRow] = []
+        self._judged: list[tuple[dict[str, Any], str, str, float, bool]] = []  # not yet redacted
+        self._rows: list[LogRow] = []  # redacted, not yet written (a failed write keeps them)
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -100,26 +102,36 @@ class DecisionRecorder:
         self._bound()
 
     def judged(self, doc: dict[str, Any], decision: Decision, now: float, shadowed: bool) -> None:
+        """Keep a reference to the input (the gate never changes it after judging); the
+        redaction and the JSON are made later, in a batch, off the event loop (Rule 1)."""
         if self.max_rows <= 0:
             return
         if decision.action is Action.ALLOW and self.allowed_share < 1.0 and self._sample() >= self.allowed_share:
             return
-        req = doc.get("request") or {}
-        kept, cut = redact_input(doc, self.secret_headers)
-        self._rows.append(LogRow(
-            at=now, agent=str((doc.get("agent") or {}).get("id", "")), method=str(req.get("method", "")),
-            host=str(req.get("host", "")), path=str(req.get("path", "")), action=decision.action.value,
-            rule=decision.rule, shadow=shadowed, body_cut=cut,
-            input=json.dumps(kept, ensure_ascii=False, separators=(",", ":"), default=str)))
+        self._judged.append((doc, decision.action.value, decision.rule, now, shadowed))
         self._bound()
 
+    def _rows_of(self, judged: list[tuple[dict[str, Any], str, str, float, bool]]) -> list[LogRow]:
+        """The rows to write: each input redacted (input_redact.py) and serialized."""
+        rows = []
+        for doc, action, rule, now, shadowed in judged:
+            req = doc.get("request") or {}
+            kept, cut = redact_input(doc, self.secret_headers)
+            rows.append(LogRow(
+                at=now, agent=str((doc.get("agent") or {}).get("id", "")), method=str(req.get("method", "")),
+                host=str(req.get("host", "")), path=str(req.get("path", "")), action=action, rule=rule,
+                shadow=shadowed, body_cut=cut,
+                input=json.dumps(kept, ensure_ascii=False, separators=(",", ":"), default=str)))
+        return rows
+
     def _bound(self) -> None:
-        waiting = len(self._rows) + len(self._shadows)
+        waiting = len(self._rows) + len(self._judged) + len(self._shadows)
         if waiting > MAX_BUFFERED:  # Rule 2: the store cannot keep up; drop the oldest
-            over = waiting - MAX_BUFFERED
-            drop_rows = min(over, len(self._rows))
-            del self._rows[:drop_rows]
-            del self._shadows[:over - drop_rows]
+            over = left = waiting - MAX_BUFFERED
+            for pending in (self._rows, self._judged, self._shadows):
+                n = min(left, len(pending))
+                del pending[:n]
+                left -= n
             if self.on_drop is not None:
                 self.on_drop(over)
         if waiting >= FLUSH_ROWS and self._wake is not None:
@@ -140,10 +152,12 @@ class DecisionRecorder:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # one batch at a time, in order
-            if not self._shadows and not self._rows:
+            if not self._shadows and not self._rows and not self._judged:
                 return
-            shadows, rows = self._shadows, self._rows
-            self._shadows, self._rows = [], []
+            shadows, rows, judged = self._shadows, self._rows, self._judged
+            self._shadows, self._rows, self._judged = [], [], []
+            if judged:  # redaction and JSON in a worker thread: the event loop serves agents
+                rows += await asyncio.get_running_loop().run_in_executor(None, self._rows_of, judged)
             try:
                 await self.store.record_batch(shadows, rows, self.max_rows)
             except StoreError as exc:

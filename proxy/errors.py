@@ -1,7 +1,7 @@
 """The gate's error tree.
 
 Every error the agent can see is a ``GateError``: it carries the HTTP status and the
-machine-readable ``error`` code of DESIGN §6, so the boundary (``http1.error_response``)
+machine-readable ``error`` code of docs/agent-contract.md, so the boundary (``http1.HTTPConnection.send_error``)
 turns any of them into the same JSON shape. Errors of the libraries underneath (h11,
 httpx, sqlite3, regopy) are translated into these at one place each, with
 ``raise ... from exc``.
@@ -43,6 +43,7 @@ class GateError(Exception):
             self.status = status
         self.request_id: str | None = extra.pop("request_id", None)
         self.extra = {k: v for k, v in extra.items() if v is not None}
+        self.headers: list[tuple[str, str]] = []  # extra response headers (X-HITL-Replayed)
 
     def body(self, request_id: str) -> dict[str, Any]:
         """The nested shape that OpenAI's, Anthropic's and Stripe's SDKs parse into their
@@ -86,7 +87,9 @@ class ApprovalTimedOut(GateError):
 
 
 class ApprovalPending(GateError):
-    status, code, retry_after = 503, "approval_pending", 5
+    # 503 + Retry-After is what the SDKs retry on their own (OpenAI and Anthropic wait the
+    # Retry-After, Stripe its own back-off); the gate sets Retry-After from hold.retry_after.
+    status, code, retry_after = 503, "approval_pending", 30
 
 
 class TooManyPending(GateError):

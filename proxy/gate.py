@@ -5,7 +5,7 @@ Theory of operation
 Rule 1. Every request is judged by the policy before anything leaves the proxy. When the
         policy cannot answer, the request is refused (``policy_error``): fail closed.
 Rule 2. A held request is written to the store before the agent is told anything, and the
-        store decides every transition (see ``store/sqlite.py``). This module keeps no
+        store decides every transition (see ``store/sql.py``). This module keeps no
         state of its own but wake-up events; a restart loses nothing.
 Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
         and duplicates never make a second review item.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -55,19 +56,23 @@ from proxy.model import (
     HoldStatus,
     OnTimeout,
     Reviewer,
+    UpstreamResponse,
     Verdict,
 )
 from proxy.policy.engine import PolicyEngine
 from proxy.policy.input import build_input
 from proxy.redact import REDACTED, Redactor, redact_url
+from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
 from proxy.store.records import Grant, HoldRecord, new_id
-from proxy.store.sql import HEARTBEAT_SECONDS, new_owner
+from proxy.store.sql import HEARTBEAT_SECONDS, RETENTION_BATCH, new_owner
 from proxy.upstream import OpenResponse, Upstream
 
 log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
+RETENTION_SWEEP_SECONDS = 60.0
+RETENTION_BATCHES = 20  # per sweep: 10,000 records, in write transactions of RETENTION_BATCH
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
 WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
 ANNOUNCED_LIMIT = 10_000
@@ -90,7 +95,7 @@ class Reply:
     reason: str
     headers: list[tuple[str, str]]
     body: bytes | None = None  # a stored response (held requests, replays)
-    stream: OpenResponse | None = None  # a live upstream response (allowed requests)
+    stream: Stream | None = None  # a live upstream response (allowed requests, relayed holds)
     approved_by: tuple[str, ...] = ()
     replayed: bool = False
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
@@ -122,7 +127,10 @@ class Gate:
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
+        self._forwards: dict[str, asyncio.Task[Reply]] = {}
+        self.stopping = False  # set by begin_shutdown: waiters answer approval_pending now
         self.mcp_streams = mcp.StreamMemory()  # which MCP endpoints answer with event streams
+        self._relays: set[asyncio.Task[None]] = set()  # held answers being relayed (relay.py)
         p = settings.policy  # shadow events and the decision log, written off the loop (decision_log.py)
         self.recorder = DecisionRecorder(store, max_rows=p.decision_log, allowed_share=p.decision_log_allowed,
                                          secret_headers=self._secret_headers,
@@ -135,7 +143,7 @@ class Gate:
         now = self.clock()
         try:
             if doc is None:
-                doc = build_input(req, agent, now, self._secret_headers)
+                doc = self.policy_input(req, agent, now)
             if rpc is None:
                 decision = await self.policy.decide(doc)
             else:  # each call of a JSON-RPC message judged on its own; the strictest wins
@@ -145,17 +153,23 @@ class Gate:
             self.metrics.requests.labels("error", "policy_error").inc()
             note(agent=agent.id, host=req.authority, path=req.path, action="error", rule="policy_error")
             log.error("policy error for %s %s%s: %s", req.method, req.authority, req.path, exc.message)
-            raise PolicyError(f"the policy could not decide, so the request was not sent: {exc.message}",
-                              request_id=request_id) from exc
+            raise PolicyError(f"The gate's policy could not decide, so this request was not sent "
+                              f"(fail closed): {exc.message}. Retrying will not help until an operator "
+                              "fixes the policy.", request_id=request_id) from exc
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         shadowed = self.shadowed(decision, agent, req.method, req.host, req.port, req.path, request_id, now)
-        self.recorder.judged(doc, decision, now, shadowed)
+        # An MCP message is judged per call (input.mcp); the log keeps every call's, for replay.
+        self.recorder.judged(doc if rpc is None else {**doc, "mcp_calls": rpc.policy_inputs()},
+                             decision, now, shadowed)
         if shadowed:
             decision = replace(decision, action=Action.ALLOW)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
         note(agent=agent.id, host=req.authority, path=req.path, action=decision.action.value, rule=decision.rule)
         return decision
+
+    def policy_input(self, req: AgentRequest, agent: Agent, now: float) -> dict[str, Any]:
+        return build_input(req, agent, now, self._secret_headers, self.settings.policy.max_input_body_bytes)
 
     def shadowed(self, decision: Decision, agent: Agent, method: str, host: str, port: int, path: str,
                  request_id: str, now: float) -> bool:
@@ -171,8 +185,12 @@ class Gate:
 
     async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
         request_id = new_id()
-        doc = build_input(req, agent, self.clock(), self._secret_headers)
-        rpc = mcp.read(req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
+        await self.check_destination(req.host, req.port, request_id)
+        doc = self.policy_input(req, agent, self.clock())
+        # A body too large for the policy to read is not read as MCP either (the shipped
+        # policy holds it): parsing megabytes here would stall the loop all the same.
+        rpc = None if doc["request"]["body_truncated"] else mcp.read(
+            req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
         if rpc is None or not rpc.answerable:
             return await self._act(req, agent, request_id, doc, rpc)
         try:  # MCP: answered on the JSON-RPC level, so the client and its model understand
@@ -187,8 +205,7 @@ class Gate:
         if decision.action is Action.ALLOW:
             return await self._forward_live(req, request_id)
         if decision.action is Action.DENY:
-            raise DeniedByPolicy(decision.message or "denied by policy", request_id=request_id,
-                                 rule=decision.rule)
+            raise DeniedByPolicy(denial(decision.message), request_id=request_id, rule=decision.rule)
         return await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
 
     async def _mcp_refusal(self, req: AgentRequest, rpc: mcp.Message, exc: GateError,
@@ -212,12 +229,25 @@ class Gate:
 
     def _mcp_readdress(self, req: AgentRequest, rpc: mcp.Message, reply: Reply) -> Reply:
         ctype = mcp.header(reply.headers, "content-type")
-        if reply.stream is not None:
+        if reply.stream is not None and reply.sent is None:
             self.mcp_streams.note(mcp.endpoint(req), ctype)
-        elif reply.sent is not None and reply.body:  # a held call's answer: to this call's ids
+        elif reply.sent is not None:  # a held call's answer: to this call's ids
             ids = mcp.id_map(mcp.parse_quiet(reply.sent), rpc)
-            reply.body = mcp.rewrite_ids(reply.body, ctype, ids)
+            if ids and reply.stream is not None:
+                reply.stream = Rewritten(reply.stream, mcp.EventRewriter(ids))
+            elif reply.body:
+                reply.body = mcp.rewrite_ids(reply.body, ctype, ids)
         return reply
+
+    async def check_destination(self, host: str, port: int, request_id: str) -> None:
+        """Resolve and classify the destination before the policy and before any hold: a
+        reviewer is never asked to approve a request that cannot be sent (docs/agent-contract.md). The
+        forward dials the addresses checked here; an approved hold is checked again."""
+        try:
+            await self.upstream.destination(host, port)
+        except GateError as exc:  # DestinationBlocked (403) or an unresolvable name (502)
+            exc.request_id = request_id
+            raise
 
     async def _forward_live(self, req: AgentRequest, request_id: str,
                             approved_by: tuple[str, ...] = ()) -> Reply:
@@ -237,7 +267,7 @@ class Gate:
         try:
             # A live record for this very request comes first: the approval that created a
             # grant must still forward (or replay) its own request, exactly once.
-            fingerprint = req.fingerprint(agent.id, content_key)
+            fingerprint = req.fingerprint(agent.key, self._secret_headers, content_key)
             rec = await self.store.find_by_fingerprint(fingerprint, now, hold.replay_window)
             if rec is None:
                 grant = await self._standing_grant(req, agent, decision, now)
@@ -273,8 +303,14 @@ class Gate:
                                      "reviewers": list(rec.reviewers), "deadline": rec.deadline})
         except StoreError as exc:
             log.error("store unavailable while holding %s %s: %s", req.method, req.url, exc)
-            raise StoreUnavailable("the pending store cannot be reached, so this request that needs "
-                                   "review was not sent; retry later") from exc
+            raise StoreUnavailable("This request needs human review, but the gate cannot reach its "
+                                   "pending store, so it was not queued or sent. Retry it after "
+                                   "Retry-After seconds.") from exc
+        if not created and rec.status is HoldStatus.REJECTED:
+            # Refusals are remembered (docs/agent-contract.md): the same answer, not a new review item.
+            log.info("%s %s %s%s repeats rejected %s: refused again", agent.id, req.method,
+                     req.authority, req.path, rec.id)
+            raise self._rejection(rec, replayed=True)
         return await self.await_outcome(rec.id, now + hold.client_wait)
 
     async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
@@ -316,24 +352,39 @@ class Gate:
                     raise self._rejection(rec)
                 if status is HoldStatus.EXPIRED:
                     raise ApprovalTimedOut(
-                        "nobody approved this request before its deadline, so it was not sent",
+                        "Nobody approved this request before its review deadline, so it was not sent. "
+                        "Send it again only if it is still needed; it will be reviewed anew.",
                         request_id=request_id)
                 if status is HoldStatus.FAILED:
-                    raise UpstreamError(f"the approved request could not be forwarded: "
-                                        f"{rec.failure_reason}", request_id=request_id)
+                    raise UpstreamError(f"A reviewer approved this request, but forwarding it failed: "
+                                        f"{rec.failure_reason}. It is not sent again automatically.",
+                                        request_id=request_id)
                 # pending, or forwarding by someone else
+                if self.stopping and status is HoldStatus.PENDING:
+                    raise self.approval_pending(rec)  # the hold stays in the store for the retry
                 remaining = wait_until - self.clock()
                 if status is HoldStatus.FORWARDING:
                     remaining += self.settings.proxy.upstream_timeout
                 if remaining <= 0:
-                    raise ApprovalPending(
-                        f"waiting for a reviewer: {rec.message or 'this request needs approval'}. "
-                        f"Retry the same request to pick up the decision (request {request_id}).",
-                        request_id=request_id)
+                    raise self.approval_pending(rec)
                 await self._sleep_until_woken(request_id, min(remaining, POLL_SECONDS))
         except StoreError as exc:
-            raise StoreUnavailable("the pending store cannot be reached; retry later",
+            raise StoreUnavailable("The gate cannot reach its pending store, so the outcome of this "
+                                   "held request is unknown here and nothing was sent. Retry the "
+                                   "identical request after Retry-After seconds.",
                                    request_id=request_id) from exc
+
+    def approval_pending(self, rec: HoldRecord) -> ApprovalPending:
+        """approval_pending, worded for the model: what is going on and what to do next."""
+        retry = max(1, math.ceil(self.settings.hold.retry_after))
+        what = f" ({rec.message})" if rec.message else ""
+        exc = ApprovalPending(
+            f"This request awaits approval: a human reviewer is reviewing it{what}, and it has not "
+            f"been sent yet. Retry the identical request (same method, URL and body, or the same "
+            f"Idempotency-Key) after {retry} seconds to get the result; a changed request would "
+            "need a new review.", request_id=rec.id)
+        exc.retry_after = retry
+        return exc
 
     async def _claim_and_forward(self, request_id: str) -> Reply | None:
         claimed = await self.store.claim(request_id, self.clock(), self.owner)
@@ -350,7 +401,11 @@ class Gate:
             raise UpstreamError("the stored request no longer matches what was approved; not sent",
                                 request_id=rec.id)
         try:
-            response = await self.upstream.fetch(fwd, self.settings.proxy.max_body_bytes)
+            opened = await self.upstream.open(fwd, fresh=True)
+            if mcp.is_event_stream(opened.headers):  # relayed as it comes, recorded whole
+                return self._relay_held(rec, fwd, opened)
+            body = await Relay(opened, self.settings.proxy.max_body_bytes, listening=False).pump()
+            response = UpstreamResponse(opened.status, tuple(opened.headers), body, opened.reason)
         except GateError as exc:
             await self.store.fail(rec.id, exc.message, now())
             self._changed(rec.id, "failed")
@@ -367,6 +422,27 @@ class Gate:
         return Reply(rec.id, response.status, response.reason, list(response.headers),
                      body=response.body, approved_by=done.approved_by, sent=fwd.body)
 
+    def _relay_held(self, rec: HoldRecord, fwd: AgentRequest, opened: OpenResponse) -> Reply:
+        relay = Relay(opened, self.settings.proxy.max_body_bytes)
+        task = asyncio.ensure_future(self._finish_relay(rec, relay, opened))
+        self._relays.add(task)  # referenced until done; runs on if the agent hangs up (Rule 5)
+        task.add_done_callback(self._relays.discard)
+        task.add_done_callback(_retrieve)
+        return Reply(rec.id, opened.status, opened.reason, list(opened.headers), stream=relay,
+                     approved_by=rec.approved_by, sent=fwd.body)
+
+    async def _finish_relay(self, rec: HoldRecord, relay: Relay, opened: OpenResponse) -> None:
+        try:
+            body = await relay.pump()
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, GateError) else f"internal error: {type(exc).__name__}"
+            await self.store.fail(rec.id, reason, self.clock())
+            self._changed(rec.id, "failed")
+            raise
+        response = UpstreamResponse(opened.status, tuple(opened.headers), body, opened.reason)
+        await self.store.complete(rec.id, response, self.clock(), REPLAY_BODY_LIMIT)
+        self._changed(rec.id, "forwarded")
+
     def _replay(self, rec: HoldRecord) -> Reply:
         if rec.response is None:
             raise UpstreamError("this request was already forwarded once and its response was too "
@@ -375,14 +451,33 @@ class Gate:
         return Reply(rec.id, r.status, r.reason, list(r.headers), body=r.body,
                      approved_by=rec.approved_by, replayed=True, sent=rec.forward_request().body)
 
-    def _rejection(self, rec: HoldRecord) -> RejectedByReviewer:
+    def _rejection(self, rec: HoldRecord, replayed: bool = False) -> RejectedByReviewer:
         rejection = rec.rejection
         reviewer = rejection.reviewer if rejection else None
-        comment = rejection.comment if rejection else ""
+        comment = (rejection.comment if rejection else "").strip()
         others = [{"author": c.author, "comment": c.comment} for c in rec.comments]
-        return RejectedByReviewer(
-            f"a reviewer declined this request: {comment}" if comment else "a reviewer declined this request",
-            request_id=rec.id, reviewer=reviewer, comment=comment, comments=others or None)
+        said = f": {comment.rstrip('.')}." if comment else "."
+        text = f"A reviewer rejected this request{said} Do not resend it unchanged."
+        if others:
+            text += " Reviewer comments: " + "; ".join(f"{c['author']}: {c['comment']}" for c in others)
+        exc = RejectedByReviewer(text, request_id=rec.id, reviewer=reviewer, comment=comment,
+                                 comments=others or None, replayed=True if replayed else None)
+        if replayed:
+            exc.headers.append(("X-HITL-Replayed", "true"))
+        return exc
+
+    def begin_shutdown(self) -> None:
+        """Stop holding agents: each one waiting on a pending hold is answered approval_pending
+        at once (docs/agent-contract.md); the holds stay in the store. Forwards in flight go on."""
+        self.stopping = True
+        for event in self._wakeups.values():
+            event.set()
+        self._wakeups.clear()
+
+    async def finish_forwards(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the forwards of approved holds in flight."""
+        if self._forwards:
+            await asyncio.wait(list(self._forwards.values()), timeout=timeout)
 
     async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
         event = self._wakeups.setdefault(request_id, asyncio.Event())
@@ -520,17 +615,34 @@ class Gate:
             await asyncio.sleep(interval)
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
-        """Deadlines, and (every ``HEARTBEAT_SECONDS``) forwards whose process is gone."""
-        swept = time.monotonic()
+        """Deadlines, (every ``HEARTBEAT_SECONDS``) forwards whose process is gone, and
+        (every minute, or every ``store.retention`` when shorter) the retention sweep."""
+        swept = purged = time.monotonic()
+        purge_every = min(RETENTION_SWEEP_SECONDS, self.settings.store.retention)
         while True:
             try:
                 await self.expire_due()
                 if time.monotonic() - swept >= HEARTBEAT_SECONDS:
                     swept = time.monotonic()
                     await self.recover()
+                if time.monotonic() - purged >= purge_every:
+                    purged = time.monotonic()
+                    await self.purge_finished()
             except StoreError as exc:
                 log.error("cannot apply deadlines: %s", exc)
             await asyncio.sleep(interval)
+
+    async def purge_finished(self) -> None:
+        """store.retention: a bounded number of batches a sweep; the next sweep goes on."""
+        for _ in range(RETENTION_BATCHES):
+            if await self.store.purge_finished(self.clock(), self.settings.store.retention) < RETENTION_BATCH:
+                return
+
+
+def denial(message: str) -> str:
+    """denied_by_policy, worded for the model: the policy's reason and what not to do."""
+    reason = f": {message.strip().rstrip('.')}." if message.strip() else "."
+    return f"The gate's policy refused this request{reason} It was not sent; do not resend it unchanged."
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

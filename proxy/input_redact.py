@@ -19,7 +19,7 @@ big bodies; ``policy replay`` says how many documents were cut.
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -38,6 +38,11 @@ _TEXT_FIELD = re.compile(
 def secret_name(name: str, extra: Iterable[str] = ()) -> bool:
     """Whether a header, query parameter or body field of this name holds a secret (the
     classes of ``proxy.redact``, the one place that knows them)."""
+    return _secret_name(name, tuple(extra))
+
+
+@functools.lru_cache(maxsize=4096)  # the same header and field names come again and again
+def _secret_name(name: str, extra: tuple[str, ...]) -> bool:
     return is_secret_field(name, extra)
 
 
@@ -50,7 +55,15 @@ def scrub(value: Any, extra: Iterable[str] = ()) -> Any:
     return value
 
 
+def _may_hold_secret(text: str) -> bool:
+    """A cheap test before the regex (which costs tens of µs on a body): any secret word?"""
+    low = text.lower()
+    return any(w in low for w in SECRET_FIELD_WORDS) or any(w in low for w in SECRET_QUERY_NAMES)
+
+
 def scrub_text(text: str) -> str:
+    if not _may_hold_secret(text):
+        return text
     def repl(m: re.Match[str]) -> str:
         if m.group(1) is not None:
             return f'{m.group(1)}"{REDACTED}"'
@@ -63,8 +76,9 @@ def redact_input(doc: dict[str, Any], extra: Iterable[str] = ()) -> tuple[dict[s
     """(the document as it may be kept, whether its body was cut to the summary)."""
     extra = tuple(extra)
     out = {k: v for k, v in doc.items() if k != "request"}
-    if "mcp" in out:
-        out["mcp"] = scrub(out["mcp"], extra)
+    for key in ("mcp", "mcp_calls"):  # tool arguments (the decision log keeps every call's)
+        if key in out:
+            out[key] = scrub(out[key], extra)
     req = doc.get("request")
     cut = False
     if isinstance(req, dict):
@@ -75,10 +89,10 @@ def redact_input(doc: dict[str, Any], extra: Iterable[str] = ()) -> tuple[dict[s
             r["query"] = {k: [REDACTED for _ in v] if secret_name(k, extra) and isinstance(v, list)
                           else (REDACTED if secret_name(k, extra) else v) for k, v in r["query"].items()}
         if r.get("body") is not None:
-            body = scrub(r["body"], extra)
-            if len(json.dumps(body, ensure_ascii=False, default=str).encode()) > SUMMARY_BYTES:
-                body, cut = None, True
-            r["body"] = body
+            # The raw size bounds the parsed body's: no second serialization to measure it.
+            big = int(r.get("body_size") or 0) > SUMMARY_BYTES
+            r["body"] = None if big else scrub(r["body"], extra)
+            cut = cut or big
         if isinstance(r.get("body_text"), str):
             text = scrub_text(r["body_text"])
             raw = text.encode()

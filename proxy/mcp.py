@@ -326,9 +326,20 @@ def id_map(sent: Message | None, now: Message) -> dict[Any, Id]:
     call being answered, in order (they are the same calls: Rule 4). Empty when equal."""
     if sent is None:
         return {}
-    pairs = {_id_key(a.id): b.id for a, b in zip(sent.requests, now.requests, strict=False)
-             if a.id != b.id or type(a.id) is not type(b.id)}
+    pairs: dict[Any, Id] = {}
+    for a, b in zip(sent.requests, now.requests, strict=False):
+        if a.id != b.id or type(a.id) is not type(b.id):
+            pairs[_id_key(a.id)] = b.id
+        old, new = _progress_token(a), _progress_token(b)  # progress notifications follow too
+        if old is not None and new is not None and old != new:
+            pairs[("progress", _id_key(old))] = new
     return pairs
+
+
+def _progress_token(call: Call) -> Id:
+    meta = call.params.get("_meta") if isinstance(call.params, dict) else None
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
 def _id_key(value: Id) -> Any:
@@ -358,14 +369,49 @@ def _rewrite_json(raw: bytes, ids: dict[Any, Id]) -> bytes:
         return raw
     changed = False
     for item in doc if isinstance(doc, list) else [doc]:
-        if isinstance(item, dict) and "id" in item and "method" not in item:
+        if not isinstance(item, dict):
+            continue
+        if "id" in item and "method" not in item:
             key = _id_key(item["id"])
             if key in ids:
                 item["id"] = ids[key]
                 changed = True
+        elif item.get("method") == "notifications/progress" and isinstance(item.get("params"), dict):
+            token = ("progress", _id_key(item["params"].get("progressToken")))
+            if token in ids:
+                item["params"]["progressToken"] = ids[token]
+                changed = True
     if not changed:
         return raw
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class EventRewriter:
+    """``rewrite_ids`` over an event stream as it passes: complete events (up to a blank
+    line) are rewritten and let go at once; a partial one waits for its end."""
+
+    def __init__(self, ids: dict[Any, Id]) -> None:
+        self._ids = ids
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk
+        cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
+        if cut < 0:
+            self._pending = data
+            return b""
+        end = cut + (4 if data.startswith(b"\r\n\r\n", cut) else 2)
+        self._pending = data[end:]
+        return rewrite_ids(data[:end], SSE_TYPE, self._ids)
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rewrite_ids(rest, SSE_TYPE, self._ids)
+
+
+def is_event_stream(headers: Sequence[tuple[str, str]]) -> bool:
+    ctype = header(headers, "content-type") or ""
+    return ctype.split(";", 1)[0].strip().lower() == SSE_TYPE
 
 
 # -- what reviewers see --------------------------------------------------------------------

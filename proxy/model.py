@@ -26,7 +26,7 @@ class OnTimeout(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The policy's answer, parsed once (DESIGN §5)."""
+    """The policy's answer, parsed once (docs/policies.md)."""
 
     action: Action
     message: str = ""
@@ -61,7 +61,7 @@ class HoldStatus(enum.StrEnum):
 
 _FINAL = frozenset({HoldStatus.FORWARDED, HoldStatus.REJECTED, HoldStatus.EXPIRED, HoldStatus.FAILED})
 
-# The hold lifecycle's state table (DESIGN §7): the only transitions a store may make.
+# The hold lifecycle's state table (docs/architecture.md): the only transitions a store may make.
 # ``approved → expired`` covers an approval whose agent never came back before the deadline.
 TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
     HoldStatus.PENDING: frozenset({HoldStatus.APPROVED, HoldStatus.REJECTED, HoldStatus.EXPIRED}),
@@ -72,6 +72,16 @@ TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
     HoldStatus.EXPIRED: frozenset(),
     HoldStatus.FAILED: frozenset(),
 }
+
+
+def utf8_text(body: bytes | None) -> str | None:
+    """The body as text when it is UTF-8 (the policy's ``body_text``, the API's), else None."""
+    if body is None:
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def can_transition(current: HoldStatus, wanted: HoldStatus) -> bool:
@@ -137,15 +147,24 @@ class AgentRequest:
     def body_digest(self) -> str:
         return hashlib.sha256(self.body).hexdigest()
 
-    def fingerprint(self, agent_id: str, content_key: str | None = None) -> str:
-        """agent + method + absolute URL + body digest; an Idempotency-Key replaces the digest,
-        and so does ``content_key``, the identity of an MCP call (``mcp.Message.content_key``)."""
+    def fingerprint(self, agent_key: str, secret_headers: tuple[str, ...] = (),
+                    content_key: str | None = None) -> str:
+        """agent + method + absolute URL + body digest + a digest of the secret headers
+        (docs/agent-contract.md). An Idempotency-Key replaces the body digest, and so does ``content_key``,
+        the identity of an MCP call (``mcp.Message.content_key``). ``agent_key`` is
+        ``Agent.key``: for an anonymous agent it names the client address, so retries attach
+        and replay within one client and one set of credentials only, never across them."""
+        from proxy.redact import is_secret
+
         key = self.header("idempotency-key")
         if key is not None:
             tail = f"key:{key}"
         else:
             tail = f"mcp:{content_key}" if content_key is not None else f"body:{self.body_digest()}"
-        raw = f"{agent_id}\n{self.method}\n{self.url}\n{tail}"
+        secrets = hashlib.sha256()
+        for name, value in sorted((k.lower(), v) for k, v in self.headers if is_secret(k, secret_headers)):
+            secrets.update(f"{name}:{value}".encode("utf-8", "surrogateescape") + b"\0")
+        raw = f"{agent_key}\n{self.method}\n{self.url}\n{tail}\n{secrets.hexdigest()}"
         return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
     def content_digest(self) -> str:
@@ -163,6 +182,12 @@ class AgentRequest:
 class Agent:
     id: str
     address: str
+
+    @property
+    def key(self) -> str:
+        """Who the agent is for attaching and replaying: anonymous agents share one id, so
+        each client address is its own anonymous agent there (docs/agent-contract.md)."""
+        return f"{self.id}@{self.address}" if self.id == ANONYMOUS else self.id
 
 
 ANONYMOUS = "anonymous"

@@ -115,6 +115,8 @@ class ProxyServer:
         self.routes = dict(settings.proxy.routes)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()  # connections answering a request now
+        self._closing = False
 
     async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
         listen = self.settings.proxy.listen
@@ -129,9 +131,20 @@ class ProxyServer:
         host, port = self._server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; answer agents waiting on holds (approval_pending), let requests
+        being answered finish within ``grace`` seconds, then close every connection."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        self.gate.begin_shutdown()
+        for task in self._connections - self._busy:  # idle keep-alives and blind tunnels
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._busy:
+            await asyncio.wait(list(self._busy), timeout=grace)
+        await self.gate.finish_forwards(max(0.0, deadline - loop.time()))
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -150,11 +163,18 @@ class ProxyServer:
             await self.serve_http(http)
         except ClientGone:
             pass
+        except asyncio.CancelledError:
+            # close() ended this connection (shutdown). Ending the task normally keeps asyncio's
+            # stream callback from logging the cancellation as an error.
+            pass
         except Exception:
             log.exception("internal error on a proxy connection from %s", http.peer)
         finally:
             self._connections.discard(task)
-            await http.close()
+            if self._closing:  # flush and close; do not wait for a TLS peer's close_notify
+                http.writer.close()
+            else:
+                await http.close()
 
     async def serve_http(self, http: HTTPConnection, tls_authority: tuple[str, int] | None = None) -> None:
         """Serve requests on one connection until it closes. ``tls_authority`` is set inside an
@@ -176,7 +196,7 @@ class ProxyServer:
                 await http.send_error(exc, request_id)
             finally:
                 access.finish(request_id)
-            if not http.reusable:
+            if not http.reusable or self._closing:
                 return
 
     async def _handle(self, http: HTTPConnection, event: h11.Request, request_id: str,
@@ -203,18 +223,24 @@ class ProxyServer:
             scheme, host, port, path, raw_path = resolve_target(target, self.routes)
         agent = await self.agents.identify(http.peer, lowered.get("proxy-authorization"),
                                            lowered.get(AGENT_HEADER) if target.startswith("/") else None)
-        declared = lowered.get("content-length")
-        body = await http.read_body(self.settings.proxy.max_body_bytes,
-                                    int(declared) if declared and declared.isdigit() else None)
+        task = asyncio.current_task()
+        assert task is not None
+        self._busy.add(task)  # a shutdown lets this request finish (proxy.shutdown_grace)
         try:
-            req = AgentRequest(method, scheme, host, port, path,
-                               tuple((k, v) for k, v in headers if k.lower() not in _OWN_HEADERS), body,
-                               raw_path=raw_path)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
-        reply = await self.gate.handle(req, agent)
-        note(status=reply.status, request_id=reply.request_id)
-        await self.write_reply(http, reply, head_only=method == "HEAD")
+            declared = lowered.get("content-length")
+            body = await http.read_body(self.settings.proxy.max_body_bytes,
+                                        int(declared) if declared and declared.isdigit() else None)
+            try:
+                req = AgentRequest(method, scheme, host, port, path,
+                                   tuple((k, v) for k, v in headers if k.lower() not in _OWN_HEADERS), body,
+                                   raw_path=raw_path)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from exc
+            reply = await self.gate.handle(req, agent)
+            note(status=reply.status, request_id=reply.request_id)
+            await self.write_reply(http, reply, head_only=method == "HEAD")
+        finally:
+            self._busy.discard(task)
 
     def _inner_target(self, target: str, headers: dict[str, str],
                       authority: tuple[str, int]) -> tuple[str, str, int, str]:

@@ -7,10 +7,14 @@ protocol engine httpcore drives; this module adds only what a forward proxy need
 pool per origin, a guarded dial, verified TLS and timeouts. (httpx remains the client for
 the CLI, notifications and remote OPA.)
 
-The SSRF guard lives in the dialer: ``connect_guarded`` resolves the name once, checks every
-resolved address with ``netguard.AddressPolicy``, and connects to the address it checked, so
-a second DNS answer can never slip a private address past the check. TLS to the upstream is
-always verified (system CAs, certifi, ``upstream_ca_bundle``) against the hostname.
+The SSRF guard: ``destination`` resolves the name, checks every resolved address with
+``netguard.AddressPolicy`` and hands back the addresses it allowed; the dialer connects only to
+those, so a second DNS answer can never slip a private address past the check. The gate asks
+``destination`` before the policy and before any hold (a reviewer is never asked to approve a
+request that cannot be sent); the answer is kept a few seconds, so the forward of the same
+request (and the next requests to that host) dial what was checked without resolving again.
+An approved hold is forwarded with ``fetch``, which resolves and checks afresh. TLS to the
+upstream is always verified (system CAs, certifi, ``upstream_ca_bundle``) against the hostname.
 
 Exactly-once: a request whose forward must not repeat (``fetch``, used for approved holds)
 always gets a fresh connection and is never retried. A pooled connection that turns out to
@@ -41,6 +45,8 @@ READ_CHUNK = 65536
 MAX_IDLE_PER_ORIGIN = 64
 IDLE_EXPIRY = 30.0
 MAX_RESPONSE_HEAD = 64 * 1024
+DESTINATION_TTL = 5.0  # seconds a checked resolution is reused (resolvers give no TTL)
+DESTINATION_CACHE = 4096  # entries; the oldest goes first
 
 
 def upstream_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -75,8 +81,9 @@ async def resolve_guarded(host: str, port: int, policy: AddressPolicy, timeout: 
             blocked = (reason, ip)
     if not allowed:
         assert blocked is not None
-        raise DestinationBlocked(f"{host}:{port} resolves to {blocked[1]}, a {blocked[0]} address; "
-                                 "the proxy does not connect there")
+        raise DestinationBlocked(f"{host}:{port} resolves to {blocked[1]}, a {blocked[0]} address, and "
+                                 "the gate never connects there, so this request was not sent. Use a "
+                                 "public address; do not retry this destination.")
     return allowed
 
 
@@ -138,6 +145,54 @@ class Upstream:
         self.ssl_context = upstream_ssl_context(ca_bundle)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._observe = observe  # callable(seconds, error: bool) for metrics, or None
+        # (host, port) -> (expiry, allowed addresses or the DestinationBlocked), and the
+        # resolutions in flight, so concurrent requests to one host resolve it once.
+        self._checked: dict[tuple[str, int], tuple[float, list[str] | DestinationBlocked]] = {}
+        self._resolving: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
+
+    async def destination(self, host: str, port: int, *, fresh: bool = False) -> list[str]:
+        """The addresses of ``host`` the SSRF guard allows (DestinationBlocked when none,
+        UpstreamError when the name does not resolve). Reuses a check made in the last
+        ``DESTINATION_TTL`` seconds unless ``fresh``."""
+        key = (host, port)
+        now = time.monotonic()
+        if not fresh:
+            hit = self._checked.get(key)
+            if hit is not None and hit[0] > now:
+                if isinstance(hit[1], DestinationBlocked):
+                    raise DestinationBlocked(hit[1].message)
+                return hit[1]
+            pending = self._resolving.get(key)
+            if pending is not None:
+                try:
+                    return await asyncio.shield(pending)
+                except (DestinationBlocked, UpstreamError) as exc:  # each caller its own error
+                    raise type(exc)(exc.message) from None
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        if not fresh:
+            self._resolving[key] = future
+        try:
+            addresses = await resolve_guarded(host, port, self.address_policy, self.timeout)
+        except BaseException as exc:
+            if isinstance(exc, DestinationBlocked):
+                self._remember(key, exc)
+            future.set_exception(exc if isinstance(exc, Exception)
+                                 else UpstreamError(f"resolving {host} was cancelled"))
+            future.exception()  # mark it retrieved when nobody else waits
+            raise
+        else:
+            self._remember(key, addresses)
+            future.set_result(addresses)
+            return addresses
+        finally:
+            if self._resolving.get(key) is future:
+                del self._resolving[key]
+
+    def _remember(self, key: tuple[str, int], value: list[str] | DestinationBlocked) -> None:
+        self._checked.pop(key, None)
+        if len(self._checked) >= DESTINATION_CACHE:
+            del self._checked[next(iter(self._checked))]
+        self._checked[key] = (time.monotonic() + DESTINATION_TTL, value)
 
     # -- public --------------------------------------------------------------------------
     async def open(self, req: AgentRequest, extra_headers: Iterable[tuple[str, str]] = (),
@@ -157,7 +212,8 @@ class Upstream:
 
     async def fetch(self, req: AgentRequest, max_body: int) -> UpstreamResponse:
         """Forward once on a fresh connection and read the whole response (approved holds:
-        the response is stored for replays)."""
+        the response is stored for replays). The destination is resolved and checked afresh:
+        the approval may have taken long enough for the name to point elsewhere."""
         opened = await self.open(req, fresh=True)
         try:
             body = bytearray()
@@ -180,7 +236,7 @@ class Upstream:
                         started: float, *, fresh: bool) -> OpenResponse:
         conn = None if fresh else self._take_idle((req.scheme, req.host, req.port))
         if conn is None:
-            conn = await self._connect(req)
+            conn = await self._connect(req, fresh)
         headers = [("Host", req.authority), *strip_request_headers(req.headers), *extra_headers]
         if req.body or req.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
             headers.append(("Content-Length", str(len(req.body))))
@@ -235,8 +291,8 @@ class Upstream:
             stale_ok = False
             conn.h11.receive_data(data)
 
-    async def _connect(self, req: AgentRequest) -> _Connection:
-        addresses = await resolve_guarded(req.host, req.port, self.address_policy, self.timeout)
+    async def _connect(self, req: AgentRequest, fresh: bool) -> _Connection:
+        addresses = await self.destination(req.host, req.port, fresh=fresh)
         tls = self.ssl_context if req.scheme == "https" else None
         last: BaseException | None = None
         for ip in addresses:

@@ -1,4 +1,4 @@
-"""The JSON review API (DESIGN §8) and the unauthenticated operational endpoints."""
+"""The JSON review API (GET /api/openapi.json) and the unauthenticated operational endpoints."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from proxy import mcp
 from proxy.errors import BadRequest, NotFound
+from proxy.events import CLOSED
 from proxy.gate import Gate
 from proxy.model import Reviewer, Verdict
 from review_ui.auth import ReviewerAuth
@@ -36,7 +37,7 @@ class ReviewAPI:
         self.secret_headers = gate.settings.proxy.secret_headers
 
     def ops_routes(self) -> list[Route]:
-        """Health and metrics: no login, as for any probe or scrape target (DESIGN §9)."""
+        """Health and metrics: no login, as for any probe or scrape target (docs/operations.md)."""
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
@@ -230,6 +231,8 @@ class ReviewAPI:
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    if event is CLOSED:  # the process is stopping
+                        return
                     yield f"event: {event.get('type', 'changed')}\ndata: {json.dumps(event)}\n\n"
             finally:
                 self.gate.events.unsubscribe(queue)

@@ -1,11 +1,11 @@
-"""Records as the review API shows them (DESIGN §8): secrets redacted, times RFC 3339."""
+"""Records as the review API shows them (GET /api/openapi.json): secrets redacted, times RFC 3339."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from proxy import mcp
-from proxy.model import Reviewer
+from proxy.model import Reviewer, utf8_text
 from proxy.redact import redact_headers, redact_url
 from proxy.store.records import AuditRecord, Grant, HoldRecord, rfc3339
 
@@ -13,19 +13,17 @@ LIST_BODY_BYTES = 4096  # body_text of a listed item (DESIGN §8)
 DETAIL_BODY_BYTES = 1024 * 1024  # body_text of one request; the rest at /api/requests/{id}/body
 
 
-def _text(body: bytes | None, limit: int = DETAIL_BODY_BYTES, size: int | None = None) -> tuple[str | None, bool]:
-    """The first ``limit`` bytes of a body as UTF-8 text (None: not text), and whether the
-    body is longer than that. A cut through a multi-byte character drops its first bytes."""
-    if body is None:
-        return None, False
-    size = len(body) if size is None else size
+
+def _text(body: bytes, limit: int, size: int) -> tuple[str | None, bool]:
+    """The first ``limit`` bytes of a ``size``-byte body as UTF-8 text (None: not text), and
+    whether the body is longer than that. A cut through a multi-byte character drops its
+    first bytes rather than calling the whole body binary."""
     truncated = size > limit
     chunk = body[:limit]
-    for trim in range(4 if truncated or len(chunk) < len(body) else 1):
-        try:
-            return chunk[:len(chunk) - trim].decode("utf-8"), truncated or trim > 0
-        except UnicodeDecodeError:
-            continue
+    for trim in range(4 if truncated else 1):
+        text = utf8_text(chunk[:len(chunk) - trim])
+        if text is not None:
+            return text, truncated
     return None, truncated
 
 
@@ -73,6 +71,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "forwarded_at": rfc3339(rec.forwarded_at),
         "response_status": rec.response_status,
         "failure_reason": rec.failure_reason,
+        "purged_at": rfc3339(rec.purged_at),  # store.retention removed body, headers, response
         "edited": rec.edit_body is not None or bool(rec.edit_headers),
         "mcp": _tool_calls(req.body),  # the MCP tool calls in the body, or null
     }

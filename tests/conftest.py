@@ -112,6 +112,12 @@ class Upstream:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
+            def __getattr__(self, name: str) -> Any:
+                # Any other method the proxy forwards is recorded and answered the same way.
+                if name.startswith("do_"):
+                    return self._handle
+                raise AttributeError(name)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]

@@ -153,3 +153,57 @@ def test_a_shadow_decision_never_lets_through_what_the_engine_failed_to_judge(
     assert shadow_events(hitl) == []
     m = scrape(hitl)
     assert "hitl_shadow_total" not in m or by_labels(m, "hitl_shadow_total") == {}
+
+
+def test_a_store_that_cannot_take_the_log_never_delays_allowed_requests_and_drops_are_counted(
+        make_hitl: Callable[..., Hitl], upstream: Upstream, tmp_path: Any, monkeypatch: Any) -> None:
+    import sqlite3
+
+    from proxy import decision_log
+
+    monkeypatch.setattr(decision_log, "MAX_BUFFERED", 5)  # a tiny buffer, to reach its bound
+    db = tmp_path / "data" / "hitl.db"
+    hitl = make_hitl({"store.url": f"sqlite:///{db}?busy_timeout=0.2"}, policy=SHADOW_POLICY)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: every log write fails
+    try:
+        with hitl.agent() as agent:
+            for i in range(12):
+                assert agent.get(upstream.url(f"/items/{i}")).status_code == 200
+        assert upstream.count("/items/") == 12
+        time.sleep(0.8)  # a flush or two fail meanwhile
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        def logged() -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM decision_log").fetchone()[0])
+        kept = wait_for(logged, lambda n: n > 0)
+    finally:
+        conn.close()
+    dropped = by_labels(scrape(hitl), "hitl_decision_log_dropped_total")[()]
+    assert kept <= 5 and dropped >= 7 and kept + dropped == 12
+
+
+def test_a_shadow_deny_of_a_connect_opens_the_tunnel_and_records_it(make_hitl: Callable[..., Hitl]) -> None:
+    from tests.test_tunnel import OneShotServer, connect
+
+    hitl = make_hitl(policy='''package hitl
+
+import rego.v1
+
+decision := {"action": "deny", "message": "tunnels will be denied", "rule": "tunnels.new", "shadow": true}
+
+intercept := false
+''')
+    server = OneShotServer(lambda conn: conn.recv(100))
+    try:
+        sock = connect(hitl, server.port, b"hello through the tunnel")  # 200: the tunnel opened
+        assert server.wait() == b"hello through the tunnel"
+        sock.close()
+    finally:
+        server.close()
+    [event] = wait_for(lambda: shadow_events(hitl), lambda e: len(e) == 1)
+    assert event["detail"]["action"] == "deny" and event["detail"]["method"] == "CONNECT"
+    assert (event["detail"]["host"], event["detail"]["port"]) == ("localhost", server.port)

@@ -39,7 +39,8 @@ def main() -> None:
         for _ in range(60):  # an approval can take a while: retry the same request
             status, reply = call("POST", "/v1/charges", charge)
             print("charge->", status, reply, flush=True)
-            if reply.get("error") != "approval_pending":
+            error = reply.get("error")
+            if not (isinstance(error, dict) and error.get("code") == "approval_pending"):
                 break
         time.sleep(30)
 

@@ -340,10 +340,10 @@ def _hash_password() -> int:
 
 
 def _new_token(name: str, agent: bool) -> int:
-    from proxy.credentials import hash_secret, new_token
+    from proxy.credentials import new_token, token_hash
 
-    token = new_token()
-    hashed = hash_secret(token)
+    token = new_token()  # hitl_<id>_<secret>: 256 random bits, so its sha256 is its hash
+    hashed = token_hash(token)
     print(f"token: {token}")
     if agent:
         print("add under proxy.agents:")

@@ -134,7 +134,8 @@ class Runtime:
                 app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token,
                                  slack=self.slack)
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                    proxy_headers=False, server_header=False, date_header=False)
+                                    proxy_headers=False, server_header=False, date_header=False,
+                                    timeout_graceful_shutdown=max(1, round(s.proxy.shutdown_grace)))
             self._uvicorn = _EmbeddedUvicorn(config)
             self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[review_sock])))
         if "proxy" in sockets:
@@ -217,12 +218,20 @@ class Runtime:
                 and (self.review_address is not None or self.role == "proxy")}
 
     async def stop(self) -> None:
+        """SIGTERM / Ctrl-C (docs/agent-contract.md): stop accepting, answer agents waiting on holds with
+        approval_pending (the holds stay in the store), let forwards in flight finish within
+        proxy.shutdown_grace, end the review UI's event streams, then close the rest."""
         if self._workers is not None:  # first: they finish their forwards while the store is open
-            await self._workers.stop()
+            # (a worker has its own shutdown_grace, plus the time to start stopping)
+            await self._workers.stop(self.settings.proxy.shutdown_grace + 10)
+        self.gate.events.close()  # an open browser tab's event stream must not hold the exit
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._proxy is not None:
-            await self._proxy.close()
+            await self._proxy.close(self.settings.proxy.shutdown_grace)
+        else:
+            self.gate.begin_shutdown()
+            await self.gate.finish_forwards(self.settings.proxy.shutdown_grace)
         for task in self._tasks:
             if task.get_coro().__name__ != "serve":  # type: ignore[union-attr]
                 task.cancel()

@@ -60,7 +60,8 @@ class WorkerPool:
             raise
         self._supervisors = [asyncio.create_task(self._supervise(i)) for i in range(self.count)]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM every worker; one still running after ``timeout`` seconds is killed."""
         self._stopping = True
         for task in self._supervisors:
             task.cancel()
@@ -70,9 +71,9 @@ class WorkerPool:
                     proc.send_signal(signal.SIGTERM)
         for proc in self._procs:
             try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+                await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
-                log.error("worker %d did not stop within %.0f s: killed", proc.pid, STOP_TIMEOUT)
+                log.error("worker %d did not stop within %.0f s: killed", proc.pid, timeout)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()

@@ -34,7 +34,6 @@ import json
 import os
 import secrets
 import socket
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -80,6 +79,8 @@ _SUMMARY_COLUMNS = ", ".join(
 ) + ", COALESCE(length(body), 0) AS body_size, length(edit_body) AS edit_body_size"
 
 AUDIT_PAGE = 1000
+RETENTION_BATCH = 500  # records one retention sweep strips per write transaction
+FINAL_SQL = "'forwarded','rejected','expired','failed'"
 FORWARDER_LEASE = 30.0  # seconds without a heartbeat after which a forwarder counts as gone
 HEARTBEAT_SECONDS = 5.0
 
@@ -141,16 +142,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     def __init__(self, secret_headers: frozenset[str]) -> None:
         self._redactor = Redactor(secret_headers)
 
-    # -- plumbing, supplied by the backend -----------------------------------------------
-    def _tx(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        raise NotImplementedError
-
-    def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
+    # -- plumbing: _tx, _exec and _q are supplied by the backend (declared in tuning.py) --
     def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         rows = self._q(sql, params)
         return next(iter(rows[0].values())) if rows else None
@@ -219,8 +211,10 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             if found is not None:
                 return found, False
             if max_pending is not None and self.count_pending(rec.agent) >= max_pending:
-                raise TooManyPending(f"{rec.agent} already has {max_pending} requests waiting for "
-                                     "review; wait for decisions before sending more")
+                raise TooManyPending(f"This request needs human review, but agent {rec.agent} already "
+                                     f"has {max_pending} requests waiting for review, so it was not "
+                                     "queued or sent. Wait for those decisions, then retry after "
+                                     "Retry-After seconds.")
             self._insert(rec)
         return rec, True
 
@@ -257,11 +251,13 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def find_by_fingerprint(self, fingerprint: str, now: float, replay_window: float) -> HoldRecord | None:
         """The record a new request with this fingerprint attaches to: a live one (pending,
-        approved, forwarding), or one forwarded within the replay window."""
+        approved, forwarding), one forwarded within the replay window (its response is
+        replayed), or one rejected within it (the refusal is repeated, not re-queued)."""
         rows = self._q(
             "SELECT * FROM requests WHERE fingerprint = ? AND (status IN ('pending','approved','forwarding')"
-            " OR (status = 'forwarded' AND forwarded_at >= ?)) ORDER BY id DESC LIMIT 1",
-            (fingerprint, now - replay_window),
+            " OR (status = 'forwarded' AND forwarded_at >= ?) OR (status = 'rejected' AND decided_at >= ?))"
+            " ORDER BY id DESC LIMIT 1",
+            (fingerprint, now - replay_window, now - replay_window),
         )
         return self._hydrate(rows[0]) if rows else None
 
@@ -497,6 +493,30 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             # forwarders not seen for a day are long gone
             self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
         return [self._must_get(i) for i in failed]
+
+    def purge_finished(self, now: float, retention: float, batch: int = RETENTION_BATCH) -> int:
+        """store.retention: finished records last changed before ``now - retention`` lose their
+        bodies, headers, edits and stored response, and their claim; what remains (status,
+        URL, message, decisions, comments) keeps the history readable. At most ``batch``
+        records per call, found through the (purged_at, updated_at) index, so a call is cheap
+        on any store size; the caller repeats while it returns ``batch``. The audit chain is
+        not touched (it holds digests, not bodies) and gains one record per call that purged."""
+        cutoff = now - retention
+        due = ("SELECT id FROM requests WHERE purged_at IS NULL AND updated_at < ?"
+               f" AND status IN ({FINAL_SQL}) ORDER BY updated_at LIMIT ?")
+        # A read first: nothing due must not take the write lock.
+        if not self._q(due, (cutoff, 1)):
+            return 0
+        with self._tx():
+            ids = [r["id"] for r in self._q(due, (cutoff, batch))]
+            marks = ",".join("?" * len(ids))
+            self._exec("UPDATE requests SET body=NULL, headers='[]', edit_body=NULL, edit_headers=NULL,"
+                       " response_headers=NULL, response_body=NULL, purged_at=?"
+                       f" WHERE id IN ({marks}) AND purged_at IS NULL", (now, *ids))
+            self._exec(f"DELETE FROM claims WHERE request_id IN ({marks})", ids)
+            self._audit(now, "retention", None, "retention",
+                        {"purged": len(ids), "before": rfc3339(cutoff)})
+        return len(ids)
 
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:
