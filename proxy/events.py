@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-
 # Put in every subscriber's queue by ``close``: the stream that reads it ends (shutdown).
 CLOSED: dict[str, Any] = {"type": "closed"}
 
