@@ -203,7 +203,7 @@ class ReviewAPI:
                              "next_after": records[-1].seq if len(records) == limit else None})
 
     async def events(self, request: Request, reviewer: Reviewer) -> Response:
-        queue = self.gate.events.subscribe()
+        queue = self.gate.events.subscribe(ends_on_close=True)
 
         async def stream() -> AsyncIterator[str]:
             try:
