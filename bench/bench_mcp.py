@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy import mcp  # noqa: E402
-from proxy.model import Agent, AgentRequest  # noqa: E402
-from proxy.policy.embedded import EmbeddedEngine  # noqa: E402
-from proxy.policy.input import build_input  # noqa: E402
+from proxy import mcp
+from proxy.model import Agent, AgentRequest
+from proxy.policy.embedded import EmbeddedEngine
+from proxy.policy.input import build_input
 
 AGENT = Agent("billing-agent", "10.0.0.7")
 JSON = (("content-type", "application/json"),)

@@ -1,7 +1,7 @@
 # hitl-proxy: the main policy, composing the use cases.
 #
 # Every request an agent sends through the proxy is evaluated against `decision`,
-# which answers allow, deny or hold (DESIGN.md §5). The proxy asks `intercept` at
+# which answers allow, deny or hold (docs/policies.md). The proxy asks `intercept` at
 # CONNECT, to know whether to decrypt a tunnel at all.
 #
 # data.yaml lists the hosts the policies look at (config.hosts, config.domains), each
@@ -19,6 +19,9 @@
 # only the use case of the request's host; then the safe default:
 #
 #   0. an MCP call that mcp.rego decides (a dangerous tool, a malformed body): its answer;
+#      a write whose body is too large for the policy to read (past
+#      policy.max_input_body_bytes: body null, body_truncated true), on any host: hold
+#      (rule "body.unread"), or padding a body would hide what it says;
 #   1. a host that is not listed: allow (rule "default"), after one table lookup;
 #   2. reads (config.reads: GET, HEAD, OPTIONS) and CONNECT: allow;
 #   3. writes (config.writes) to a host whose use case is in config.hold_writes: hold
@@ -36,6 +39,15 @@ default decision := {"action": "allow", "rule": "default"}
 
 decision := d if {
 	d := data.hitl.mcp.decide(mcp, agent)
+} else := d if {
+	input.request.body_truncated == true
+	lib.writing(request)
+	d := {
+		"action": "hold", "rule": "body.unread",
+		"message": concat("", [lib.who(agent), " wants to ", request.method, " ", lib.url(request),
+			" with a body of ", format_int(input.request.body_size, 10),
+			" bytes, too large for the policy to read"]),
+	}
 } else := d if {
 	lib.service.use != "none"
 	d := by_use(lib.service.use, request, agent)

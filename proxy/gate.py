@@ -5,7 +5,7 @@ Theory of operation
 Rule 1. Every request is judged by the policy before anything leaves the proxy. When the
         policy cannot answer, the request is refused (``policy_error``): fail closed.
 Rule 2. A held request is written to the store before the agent is told anything, and the
-        store decides every transition (see ``store/sqlite.py``). This module keeps no
+        store decides every transition (see ``store/sql.py``). This module keeps no
         state of its own but wake-up events; a restart loses nothing.
 Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
         and duplicates never make a second review item.
@@ -63,12 +63,14 @@ from proxy.policy.input import build_input
 from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
 from proxy.store.records import HoldRecord, new_id
-from proxy.store.sql import HEARTBEAT_SECONDS, new_owner
+from proxy.store.sql import HEARTBEAT_SECONDS, RETENTION_BATCH, new_owner
 from proxy.upstream import OpenResponse, Upstream
 
 log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
+RETENTION_SWEEP_SECONDS = 60.0
+RETENTION_BATCHES = 20  # per sweep: 10,000 records, in write transactions of RETENTION_BATCH
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
 WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
 ANNOUNCED_LIMIT = 10_000
@@ -138,7 +140,7 @@ class Gate:
         now = self.clock()
         try:
             if doc is None:
-                doc = build_input(req, agent, now, self._secret_headers)
+                doc = self.policy_input(req, agent, now)
             if rpc is None:
                 decision = await self.policy.decide(doc)
             else:  # each call of a JSON-RPC message judged on its own; the strictest wins
@@ -154,12 +156,17 @@ class Gate:
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         shadowed = self.shadowed(decision, agent, req.method, req.host, req.port, req.path, request_id, now)
-        self.recorder.judged(doc, decision, now, shadowed)
+        # An MCP message is judged per call (input.mcp); the log keeps every call's, for replay.
+        self.recorder.judged(doc if rpc is None else {**doc, "mcp_calls": rpc.policy_inputs()},
+                             decision, now, shadowed)
         if shadowed:
             decision = replace(decision, action=Action.ALLOW)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
         note(agent=agent.id, host=req.authority, path=req.path, action=decision.action.value, rule=decision.rule)
         return decision
+
+    def policy_input(self, req: AgentRequest, agent: Agent, now: float) -> dict[str, Any]:
+        return build_input(req, agent, now, self._secret_headers, self.settings.policy.max_input_body_bytes)
 
     def shadowed(self, decision: Decision, agent: Agent, method: str, host: str, port: int, path: str,
                  request_id: str, now: float) -> bool:
@@ -176,8 +183,11 @@ class Gate:
     async def handle(self, req: AgentRequest, agent: Agent) -> Reply:
         request_id = new_id()
         await self.check_destination(req.host, req.port, request_id)
-        doc = build_input(req, agent, self.clock(), self._secret_headers)
-        rpc = mcp.read(req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
+        doc = self.policy_input(req, agent, self.clock())
+        # A body too large for the policy to read is not read as MCP either (the shipped
+        # policy holds it): parsing megabytes here would stall the loop all the same.
+        rpc = None if doc["request"]["body_truncated"] else mcp.read(
+            req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
         if rpc is None or not rpc.answerable:
             return await self._act(req, agent, request_id, doc, rpc)
         try:  # MCP: answered on the JSON-RPC level, so the client and its model understand
@@ -228,7 +238,7 @@ class Gate:
 
     async def check_destination(self, host: str, port: int, request_id: str) -> None:
         """Resolve and classify the destination before the policy and before any hold: a
-        reviewer is never asked to approve a request that cannot be sent (DESIGN §6). The
+        reviewer is never asked to approve a request that cannot be sent (docs/agent-contract.md). The
         forward dials the addresses checked here; an approved hold is checked again."""
         try:
             await self.upstream.destination(host, port)
@@ -293,7 +303,7 @@ class Gate:
                                    "pending store, so it was not queued or sent. Retry it after "
                                    "Retry-After seconds.") from exc
         if not created and rec.status is HoldStatus.REJECTED:
-            # Refusals are remembered (DESIGN §7): the same answer, not a new review item.
+            # Refusals are remembered (docs/agent-contract.md): the same answer, not a new review item.
             log.info("%s %s %s%s repeats rejected %s: refused again", agent.id, req.method,
                      req.authority, req.path, rec.id)
             raise self._rejection(rec, replayed=True)
@@ -439,7 +449,7 @@ class Gate:
 
     def begin_shutdown(self) -> None:
         """Stop holding agents: each one waiting on a pending hold is answered approval_pending
-        at once (DESIGN §6); the holds stay in the store. Forwards in flight go on."""
+        at once (docs/agent-contract.md); the holds stay in the store. Forwards in flight go on."""
         self.stopping = True
         for event in self._wakeups.values():
             event.set()
@@ -580,17 +590,28 @@ class Gate:
             await asyncio.sleep(interval)
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
-        """Deadlines, and (every ``HEARTBEAT_SECONDS``) forwards whose process is gone."""
-        swept = time.monotonic()
+        """Deadlines, (every ``HEARTBEAT_SECONDS``) forwards whose process is gone, and
+        (every minute, or every ``store.retention`` when shorter) the retention sweep."""
+        swept = purged = time.monotonic()
+        purge_every = min(RETENTION_SWEEP_SECONDS, self.settings.store.retention)
         while True:
             try:
                 await self.expire_due()
                 if time.monotonic() - swept >= HEARTBEAT_SECONDS:
                     swept = time.monotonic()
                     await self.recover()
+                if time.monotonic() - purged >= purge_every:
+                    purged = time.monotonic()
+                    await self.purge_finished()
             except StoreError as exc:
                 log.error("cannot apply deadlines: %s", exc)
             await asyncio.sleep(interval)
+
+    async def purge_finished(self) -> None:
+        """store.retention: a bounded number of batches a sweep; the next sweep goes on."""
+        for _ in range(RETENTION_BATCHES):
+            if await self.store.purge_finished(self.clock(), self.settings.store.retention) < RETENTION_BATCH:
+                return
 
 
 def denial(message: str) -> str:
@@ -607,7 +628,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) -> dict[str, Any]:
-    from proxy.redact import is_secret
+    from proxy.redact import REDACTED, is_secret
 
     def text(b: bytes | None) -> str | None:
         return None if b is None else b[:65536].decode("utf-8", "replace")
@@ -615,6 +636,6 @@ def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) ->
     return {
         "original_body": text(rec.request.body),
         "edited_body": text(verdict.edit_body),
-        "headers": {k: ("[redacted]" if v is not None and is_secret(k, secrets) else v)
+        "headers": {k: (REDACTED if v is not None and is_secret(k, secrets) else v)
                     for k, v in verdict.edit_headers.items()},
     }

@@ -73,6 +73,7 @@ class HTTPConnection:
         self._pending = bytearray()
         # Set when we answer an error before reading the whole request: see close().
         self._linger = False
+        self._fed = 0  # bytes received while waiting for the current request head
 
     @property
     def peer(self) -> str:
@@ -84,7 +85,9 @@ class HTTPConnection:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
+                # docs/agent-contract.md: a malformed request is 400 bad_request (431 for an oversize head);
+                # h11's other hints (501 for an unknown transfer coding) are answered as 400.
+                status = 431 if exc.error_status_hint == 431 else 400
                 raise BadRequest(f"malformed HTTP request: {exc}", status=status) from exc
             if event is not h11.NEED_DATA:
                 return event
@@ -94,6 +97,7 @@ class HTTPConnection:
                     data = await self.reader.read(READ_CHUNK)
             except (TimeoutError, ConnectionError) as exc:
                 raise ClientGone() from exc
+            self._fed += len(data)
             self.conn.receive_data(data)
 
     async def receive_request(self) -> h11.Request | None:
@@ -101,6 +105,8 @@ class HTTPConnection:
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
         timeout = IDLE_TIMEOUT if self.conn.their_state is h11.IDLE else HEAD_TIMEOUT
+        # Bytes of a pipelined next request may already be buffered: they count as read.
+        self._fed = len(self.conn.trailing_data[0])
         try:
             event = await self._next_event(timeout)
         except ClientGone:
@@ -110,6 +116,11 @@ class HTTPConnection:
         if not isinstance(event, h11.Request):
             raise BadRequest(f"expected a request, got {type(event).__name__}")
         check_head(event)
+        # More than the limit arrived while this head was read: measure the head on the bytes
+        # themselves (h11 strips whitespace, so the event alone can undercount); what is
+        # still buffered after the head is body or the next request.
+        if self._fed > MAX_HEADER_BYTES and self._fed - len(self.conn.trailing_data[0]) > MAX_HEADER_BYTES:
+            raise BadRequest(f"request head is over the {MAX_HEADER_BYTES}-byte limit", status=431)
         return event
 
     async def read_body(self, limit: int, declared: int | None) -> bytes:

@@ -80,8 +80,9 @@ def redact_input(doc: dict[str, Any], extra: Iterable[str] = ()) -> tuple[dict[s
     """(the document as it may be kept, whether its body was cut to the summary)."""
     extra = tuple(extra)
     out = {k: v for k, v in doc.items() if k != "request"}
-    if "mcp" in out:
-        out["mcp"] = scrub(out["mcp"], extra)
+    for key in ("mcp", "mcp_calls"):  # tool arguments (the decision log keeps every call's)
+        if key in out:
+            out[key] = scrub(out[key], extra)
     req = doc.get("request")
     cut = False
     if isinstance(req, dict):

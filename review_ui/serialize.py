@@ -1,22 +1,13 @@
-"""Records as the review API shows them (DESIGN §8): secrets redacted, times RFC 3339."""
+"""Records as the review API shows them (GET /api/openapi.json): secrets redacted, times RFC 3339."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from proxy import mcp
-from proxy.model import Reviewer
+from proxy.model import Reviewer, utf8_text
 from proxy.redact import redact_headers
 from proxy.store.records import AuditRecord, Grant, HoldRecord, rfc3339
-
-
-def _text(body: bytes | None) -> str | None:
-    if body is None:
-        return None
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
@@ -32,7 +23,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "host": req.host,
         "path": req.path,
         "headers": redact_headers(req.headers, secret_headers),
-        "body_text": _text(req.body),
+        "body_text": utf8_text(req.body),
         "body_size": len(req.body),
         "message": rec.message,
         "rule": rec.rule,
@@ -51,13 +42,14 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "forwarded_at": rfc3339(rec.forwarded_at),
         "response_status": rec.response_status,
         "failure_reason": rec.failure_reason,
+        "purged_at": rfc3339(rec.purged_at),  # store.retention removed body, headers, response
         "edited": rec.edit_body is not None or bool(rec.edit_headers),
         "mcp": _tool_calls(req.body),  # the MCP tool calls in the body, or null
     }
     if out["edited"]:
         fwd = rec.forward_request()
         out["edit"] = {"headers": redact_headers(fwd.headers, secret_headers),
-                       "body_text": _text(fwd.body), "body_size": len(fwd.body),
+                       "body_text": utf8_text(fwd.body), "body_size": len(fwd.body),
                        "mcp": _tool_calls(fwd.body)}
     if viewer is not None:
         out["can_decide"] = viewer.may_decide(rec.reviewers)

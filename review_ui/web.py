@@ -2,7 +2,7 @@
 
 Server-rendered with Jinja2 (autoescaped: request content is attacker-controlled). Decisions
 go through the JSON review API from ``static/app.js`` with the session's CSRF token, so the
-UI and the API share one set of rules (DESIGN §8). Pages without a session redirect to the
+UI and the API share one set of rules. Pages without a session redirect to the
 login page; the session rules live in ``sessions.py``.
 """
 
@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from proxy.errors import StoreError
 from proxy.gate import Gate
 from proxy.model import Reviewer
+from proxy.redact import REDACTED
 from review_ui import present
 from review_ui.errors import Unauthorized
 from review_ui.serialize import grant_json, request_json
@@ -76,6 +77,10 @@ class WebUI:
         self.env.filters.update(present.jinja_filters())
         self.env.filters["expires_in"] = _expires_in
         # Read at render time: a failed policy reload shows on every page until fixed.
+        # The live views' script labels statuses from the same tables as the pages (present.py).
+        self.env.globals["status_labels"] = present.STATUS_LABELS
+        self.env.globals["status_tones"] = present.STATUS_TONE
+        self.env.globals["redacted"] = REDACTED
         self.env.globals["policy_error"] = lambda: getattr(gate, "policy_error", None)
 
     def routes(self) -> list[BaseRoute]:

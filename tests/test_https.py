@@ -131,7 +131,7 @@ def test_httpx_get_is_intercepted_and_forwarded_over_verified_tls(proxy: Hitl, t
 
 
 def test_agents_configured_only_by_environment_variables(proxy: Hitl, tls_upstream: HTTPSUpstream) -> None:
-    # What docs/https.md tells users: HTTPS_PROXY plus SSL_CERT_FILE (httpx) / REQUESTS_CA_BUNDLE.
+    # What the README's HTTPS section tells users: HTTPS_PROXY plus SSL_CERT_FILE (httpx) / REQUESTS_CA_BUNDLE.
     script = (f"import httpx, requests; url = {tls_upstream.url('/env')!r}; "
               "print(httpx.get(url).status_code, requests.get(url, timeout=30).status_code)")
     env = {"PATH": "/usr/bin:/bin", "HTTPS_PROXY": proxy.proxy_url, "SSL_CERT_FILE": str(ca_path(proxy)),
@@ -384,3 +384,19 @@ def test_serve_creates_the_ca_that_ca_export_prints_and_keeps_it(make_hitl: Call
                          capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == pem
+
+
+@pytest.mark.parametrize(("path", "status"), [("/x/../deny/it", b"403"), ("/deny%2Fit", b"400"),
+                                              ("/a//./items", b"200")])
+def test_inner_paths_are_normalized_before_the_policy_and_the_forward(proxy: Hitl, tls_upstream: HTTPSUpstream,
+                                                                     path: str, status: bytes) -> None:
+    sock, head = raw_connect(proxy, f"127.0.0.1:{tls_upstream.port}")
+    assert head.startswith(b"HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=str(ca_path(proxy)))
+    with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{tls_upstream.port}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:300]
+    assert [r.path for r in tls_upstream.received] == (["/a/items"] if status == b"200" else [])

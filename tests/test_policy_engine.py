@@ -440,6 +440,7 @@ def test_build_input_shape() -> None:
             "body": {"amount": 5000, "currency": "usd"},
             "body_text": body,
             "body_size": len(body),
+            "body_truncated": False,
         },
         "agent": {"id": "billing-agent", "address": "10.0.0.7"},
         "time": {"unix": 1795000000, "iso": "2026-11-18T11:06:40Z"},

@@ -21,11 +21,13 @@ backslash), and ``rego_tests`` runs ``hitl-proxy policy test``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import regopy
 from proxy.errors import ConfigError, PolicyError
 from proxy.model import Decision
 from proxy.policy.decision import parse_decision
-from proxy.policy.engine import INTERCEPT_QUERY, PolicyLoadError
+from proxy.policy.engine import INTERCEPT_QUERY, PolicyLoadError, intercept_answer
 from proxy.policy.input_refs import InputRefs, input_refs, prune, pure
 from proxy.policy.rego_errors import error_text, load_error, node_text
 from proxy.policy.rego_files import PACKAGE, DataFile, check_declared, collect, load_data
@@ -44,6 +46,10 @@ _QUERY = re.compile(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+")
 UNDEFINED = object()
 CACHE_ENTRIES = 4096
 CACHE_KEY_LIMIT = 4096  # characters of an input as JSON; a bigger one is evaluated every time
+# Inputs whose body is larger are evaluated on the engine's own thread, not on the event loop:
+# copying a big document into rego-cpp takes milliseconds (input.py bounds it). Smaller ones
+# (nearly all) are evaluated in place: a thread hop would cost more than the evaluation.
+INLINE_BODY_BYTES = 16 * 1024
 
 
 class EmbeddedEngine:
@@ -62,6 +68,7 @@ class EmbeddedEngine:
         # same retry), and rego-cpp takes 100-600 µs to answer what it answered before.
         self._cache: OrderedDict[tuple[str, str], Any] | None = OrderedDict() if cache else None
         self._lock = threading.Lock()  # one interpreter: one evaluation at a time
+        self._thread: ThreadPoolExecutor | None = None  # made on the first large input
 
     @classmethod
     def load(cls, paths: Sequence[Path], query: str = "data.hitl.decision") -> EmbeddedEngine:
@@ -91,18 +98,14 @@ class EmbeddedEngine:
         return cls(rego, bundle, query, description, input_refs(sources), cache=pure(sources))
 
     async def decide(self, input: dict[str, Any]) -> Decision:
-        value = self._evaluate(self._entrypoint, input)
+        value = await self._judge(self._entrypoint, input)
         if value is UNDEFINED:
             raise PolicyError(f"policy decision is undefined ({self._query} has no value)")
         return parse_decision(value)
 
     async def intercept(self, input: dict[str, Any]) -> bool:
-        value = self._evaluate(self._intercept, input)
-        if value is UNDEFINED:
-            return True
-        if not isinstance(value, bool):
-            raise PolicyError(f"{INTERCEPT_QUERY} must be true or false, not {json.dumps(value)}")
-        return value
+        value = await self._judge(self._intercept, input)
+        return intercept_answer(value is not UNDEFINED, value)
 
     def describe(self) -> str:
         return self._description
@@ -111,26 +114,49 @@ class EmbeddedEngine:
         with self._lock:
             self._bundle = None
             self._rego = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+
+    async def _judge(self, entrypoint: str, input: dict[str, Any]) -> Any:
+        """Evaluate in place when the input is small and the interpreter free; else on the
+        engine's one thread, so the event loop serves other connections meanwhile (a small
+        input never waits on the loop for a large one to finish)."""
+        request = input.get("request")
+        size = 0  # of the body handed over: a truncated one is not (input.py)
+        if isinstance(request, dict) and not request.get("body_truncated"):
+            size = request.get("body_size", 0)
+        if size <= INLINE_BODY_BYTES and self._lock.acquire(blocking=False):
+            try:
+                return self._evaluate_locked(entrypoint, prune(input, self._refs))
+            finally:
+                self._lock.release()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hitl-policy")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._evaluate,
+                                                                entrypoint, input)
 
     def _evaluate(self, entrypoint: str, input: dict[str, Any]) -> Any:
         doc = prune(input, self._refs)
         with self._lock:
-            if self._rego is None or self._bundle is None:
-                raise PolicyError("the policy engine is closed")
-            key = self._cache_key(entrypoint, doc)
-            if key is not None and (value := self._cache.get(key, UNDEFINED)) is not UNDEFINED:  # type: ignore[union-attr]
-                self._cache.move_to_end(key)  # type: ignore[union-attr]
-                return value  # shared, never mutated: decide() and intercept() only read it
-            try:
-                set_input(self._rego, doc)
-            except (regopy.RegoError, *INPUT_ERRORS) as exc:
-                raise PolicyError(f"the input cannot be passed to the policy: {exc}") from exc
-            value = query_value(self._rego, self._bundle, entrypoint)  # errors are never cached
-            if key is not None:
-                self._cache[key] = value  # type: ignore[index]
-                if len(self._cache) > CACHE_ENTRIES:  # type: ignore[arg-type]
-                    self._cache.popitem(last=False)  # type: ignore[union-attr]
-            return value
+            return self._evaluate_locked(entrypoint, doc)
+
+    def _evaluate_locked(self, entrypoint: str, doc: dict[str, Any]) -> Any:
+        if self._rego is None or self._bundle is None:
+            raise PolicyError("the policy engine is closed")
+        key = self._cache_key(entrypoint, doc)
+        if key is not None and (value := self._cache.get(key, UNDEFINED)) is not UNDEFINED:  # type: ignore[union-attr]
+            self._cache.move_to_end(key)  # type: ignore[union-attr]
+            return value  # shared, never mutated: decide() and intercept() only read it
+        try:
+            set_input(self._rego, doc)
+        except (regopy.RegoError, *INPUT_ERRORS) as exc:
+            raise PolicyError(f"the input cannot be passed to the policy: {exc}") from exc
+        value = query_value(self._rego, self._bundle, entrypoint)  # errors are never cached
+        if key is not None:
+            self._cache[key] = value  # type: ignore[index]
+            if len(self._cache) > CACHE_ENTRIES:  # type: ignore[arg-type]
+                self._cache.popitem(last=False)  # type: ignore[union-attr]
+        return value
 
     def _cache_key(self, entrypoint: str, doc: dict[str, Any]) -> tuple[str, str] | None:
         if self._cache is None:

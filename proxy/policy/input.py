@@ -1,7 +1,7 @@
-"""The policy input document (DESIGN §5), built from an ``AgentRequest``.
+"""The policy input document (docs/policies.md), built from an ``AgentRequest``.
 
     {"request": {"method", "scheme", "host", "port", "path", "raw_path", "query", "headers",
-                 "body", "body_text", "body_size"},
+                 "body", "body_text", "body_size", "body_truncated"},
      "agent": {"id", "address"},
      "time": {"unix", "iso"}}
 
@@ -9,6 +9,12 @@ Canonical forms, so that a policy comparing strings cannot be sidestepped by spe
 ``method`` is upper-cased, ``host`` lower-cased without a trailing dot, header names
 lower-cased, ``path`` normalized (``proxy/urlnorm.py``; ``raw_path`` is the spelling the
 agent sent). Secret headers arrive as ``"[redacted]"``.
+
+A body larger than ``max_body`` (``policy.max_input_body_bytes``) is neither decoded nor
+parsed: ``body`` and ``body_text`` are null, ``body_size`` its size, ``body_truncated``
+true. Handing rego-cpp a document of megabytes costs seconds (every string is copied in
+through a C call) and would stall every connection the process serves; a policy that
+must see a body holds the requests whose body it could not read.
 """
 
 from __future__ import annotations
@@ -19,15 +25,19 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from proxy.model import Agent, AgentRequest
+from proxy.model import Agent, AgentRequest, utf8_text
 from proxy.redact import redact_headers
+
+MAX_INPUT_BODY = 256 * 1024  # policy.max_input_body_bytes' default
 
 
 def build_input(
-    request: AgentRequest, agent: Agent, now: float, secret_headers: Iterable[str] = ()
+    request: AgentRequest, agent: Agent, now: float, secret_headers: Iterable[str] = (),
+    max_body: int = MAX_INPUT_BODY,
 ) -> dict[str, Any]:
     headers = redact_headers(request.headers, secret_headers)
-    body_text = _text(request.body)
+    truncated = len(request.body) > max_body
+    body_text = None if truncated else utf8_text(request.body)
     return {
         "request": {
             "method": request.method.upper(),
@@ -38,9 +48,11 @@ def build_input(
             "raw_path": request.raw_path or request.path,
             "query": parse_qs(request.query_string, keep_blank_values=True),
             "headers": headers,
-            "body": parse_body(request.header("content-type"), request.body, body_text),
+            "body": None if truncated else parse_body(request.header("content-type"), request.body,
+                                                      body_text),
             "body_text": body_text,
             "body_size": len(request.body),
+            "body_truncated": truncated,
         },
         "agent": {"id": agent.id, "address": agent.address},
         "time": _time_doc(now),
@@ -83,12 +95,6 @@ def parse_body(content_type: str | None, body: bytes, text: str | None = None) -
         return {name: values[0] if len(values) == 1 else values for name, values in fields.items()}
     return None
 
-
-def _text(body: bytes) -> str | None:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def _refuse_constant(name: str) -> Any:

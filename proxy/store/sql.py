@@ -34,7 +34,6 @@ import json
 import os
 import secrets
 import socket
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from proxy import mcp
 from proxy.config_types import store_busy_timeout
 from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
 from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
-from proxy.redact import SECRET_HEADERS
+from proxy.redact import REDACTED, SECRET_HEADERS
 from proxy.store.records import (
     GENESIS,
     AuditRecord,
@@ -56,9 +55,9 @@ from proxy.store.records import (
 from proxy.store.rows import audit_from_row, hold_from_row
 from proxy.store.tuning import TuningQueries
 
-REDACTED = "[redacted]"
-
 AUDIT_PAGE = 1000
+RETENTION_BATCH = 500  # records one retention sweep strips per write transaction
+FINAL_SQL = "'forwarded','rejected','expired','failed'"
 FORWARDER_LEASE = 30.0  # seconds without a heartbeat after which a forwarder counts as gone
 HEARTBEAT_SECONDS = 5.0
 
@@ -120,16 +119,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     def __init__(self, secret_headers: frozenset[str]) -> None:
         self._secrets = SECRET_HEADERS | secret_headers
 
-    # -- plumbing, supplied by the backend -----------------------------------------------
-    def _tx(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        raise NotImplementedError
-
-    def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
+    # -- plumbing: _tx, _exec and _q are supplied by the backend (declared in tuning.py) --
     def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         rows = self._q(sql, params)
         return next(iter(rows[0].values())) if rows else None
@@ -449,6 +439,30 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             # forwarders not seen for a day are long gone
             self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
         return [self._must_get(i) for i in failed]
+
+    def purge_finished(self, now: float, retention: float, batch: int = RETENTION_BATCH) -> int:
+        """store.retention: finished records last changed before ``now - retention`` lose their
+        bodies, headers, edits and stored response, and their claim; what remains (status,
+        URL, message, decisions, comments) keeps the history readable. At most ``batch``
+        records per call, found through the (purged_at, updated_at) index, so a call is cheap
+        on any store size; the caller repeats while it returns ``batch``. The audit chain is
+        not touched (it holds digests, not bodies) and gains one record per call that purged."""
+        cutoff = now - retention
+        due = ("SELECT id FROM requests WHERE purged_at IS NULL AND updated_at < ?"
+               f" AND status IN ({FINAL_SQL}) ORDER BY updated_at LIMIT ?")
+        # A read first: nothing due must not take the write lock.
+        if not self._q(due, (cutoff, 1)):
+            return 0
+        with self._tx():
+            ids = [r["id"] for r in self._q(due, (cutoff, batch))]
+            marks = ",".join("?" * len(ids))
+            self._exec("UPDATE requests SET body=NULL, headers='[]', edit_body=NULL, edit_headers=NULL,"
+                       " response_headers=NULL, response_body=NULL, purged_at=?"
+                       f" WHERE id IN ({marks}) AND purged_at IS NULL", (now, *ids))
+            self._exec(f"DELETE FROM claims WHERE request_id IN ({marks})", ids)
+            self._audit(now, "retention", None, "retention",
+                        {"purged": len(ids), "before": rfc3339(cutoff)})
+        return len(ids)
 
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:

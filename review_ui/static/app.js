@@ -8,14 +8,9 @@
   const csrf = meta ? meta.getAttribute("content") : "";
   const page = document.body.dataset.page;
 
-  const LABELS = {
-    pending: "Pending", approved: "Approved", forwarding: "Forwarding", forwarded: "Approved · sent",
-    rejected: "Rejected", expired: "Expired", failed: "Failed",
-  };
-  const TONES = {
-    pending: "wait", approved: "good", forwarding: "good", forwarded: "good",
-    rejected: "bad", expired: "muted", failed: "bad",
-  };
+  // Status labels and badge tones: the server's tables (review_ui/present.py), in the page.
+  const LABELS = JSON.parse(document.body.dataset.statusLabels || "{}");
+  const TONES = JSON.parse(document.body.dataset.statusTones || "{}");
 
   // -- times ------------------------------------------------------------------------------
   function duration(seconds) {
