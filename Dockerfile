@@ -6,6 +6,9 @@
 
 # -- builder: wheels for the package and every dependency ------------------------------------
 FROM python:3.11-slim AS builder
+# Debian's stable packages take only security fixes; a pinned version would stop building
+# the day Debian replaces it, so the release (bookworm) is the pin.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
@@ -19,6 +22,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 # Only the proxy's user may open connections out of the pod; NetworkPolicy cannot tell the
 # containers of one pod apart, owner-matching iptables rules can.
 FROM debian:12-slim AS egress-lock
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables \
  && rm -rf /var/lib/apt/lists/*
@@ -30,6 +34,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=builder /wheels /wheels
+# Only the wheels built above (--no-index): their versions are fixed by the builder stage.
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-index --find-links /wheels hitl-proxy \
  && rm -rf /wheels \
  && groupadd --gid 10001 hitl \

@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install chromium bench lint clean
+.PHONY: run test install chromium prometheus bench lint clean demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.installed chromium
+# Debian's Prometheus and promtool for the deploy tests (a real server scrapes the gate).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: $(VENV)/.installed chromium prometheus
 	$(VENV)/bin/hitl-proxy policy test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -36,8 +41,13 @@ bench: $(VENV)/.installed
 # Pinned: a new release adds rules, and lint must not turn red on its own.
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q ruff==0.17.6 mypy==2.4.1 types-PyYAML==6.0.12.20261122
-	$(PY) -m ruff check proxy review_ui tests bench
+	$(PY) -m ruff check proxy review_ui tests bench demo
 	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) hitl-data build *.egg-info
+
+# The whole loop offline: loopback fakes of Stripe, SendGrid, Slack, a SQL gateway and an MCP server, the
+# gate with the shipped policies, and a scripted agent; a reviewer decides in the web UI.
+demo: $(VENV)/.installed
+	$(PY) -m demo.run $(DEMO_ARGS)

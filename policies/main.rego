@@ -1,7 +1,7 @@
 # hitl-proxy: the main policy, composing the use cases.
 #
 # Every request an agent sends through the proxy is evaluated against `decision`,
-# which answers allow, deny or hold (DESIGN.md §5). The proxy asks `intercept` at
+# which answers allow, deny or hold (docs/policies.md). The proxy asks `intercept` at
 # CONNECT, to know whether to decrypt a tunnel at all.
 #
 # data.yaml lists the hosts the policies look at (config.hosts, config.domains), each

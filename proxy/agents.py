@@ -1,4 +1,4 @@
-"""Who is the agent? (DESIGN §5)
+"""Who is the agent? (docs/agent-contract.md)
 
 ``Proxy-Authorization: Basic id:token`` for forward-proxy requests, ``X-HITL-Agent: id:token``
 for reverse routes. A configured agent must present its token; an id that is not configured

@@ -1,4 +1,4 @@
-"""The local certificate authority used to intercept TLS (DESIGN §5, "TLS").
+"""The local certificate authority used to intercept TLS (docs/policies.md, CONNECT).
 
 Created on first start under ``proxy.ca_dir`` and reused on every later start, so that an
 agent trusts it once (``hitl-proxy ca export``). Two files:

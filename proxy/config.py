@@ -1,4 +1,4 @@
-"""Typed settings (DESIGN §4): YAML file, then ``HITL_<SECTION>_<KEY>`` environment overrides.
+"""Typed settings (docs/operations.md): YAML file, then ``HITL_<SECTION>_<KEY>`` environment overrides.
 
 One registry, ``SETTINGS``, lists every key once: its dotted name, its default (written as it
 would be in YAML), a one-line help and a parser. The loader, ``example_yaml()`` (which renders
@@ -118,6 +118,7 @@ class PolicySettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str = "sqlite:///./hitl-data/hitl.db"
+    retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,7 @@ _HASH = '"$argon2id$v=19$m=65536,t=3,p=4$..."'
 _TOKEN_HASH = '"sha256:9f86d081884c7d65..."'
 _SLACK = '"https://hooks.slack.com/services/..."'
 
-# In DESIGN §4 order; config.example.yaml follows this order.
+# In the order of config.example.yaml, which follows this order.
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "./hitl-data",
             "Folder for the proxy's state (ca_dir and store.url have their own keys).", _path()),
@@ -308,6 +309,9 @@ SETTINGS: tuple[Setting, ...] = (
             "sqlite:///relative/file.db, sqlite:////absolute/file.db or"
             " postgresql://user@host:5432/db?schema=NAME (created on first open).",
             parse_store_url),
+    Setting("store.retention", "30d",
+            "Finished requests older than this lose bodies, headers and stored responses"
+            " (the audit stays).", _duration),
     Setting("hold.timeout", "15m",
             "Default deadline for a decision (a policy may override).", _duration),
     Setting("hold.on_timeout", "deny",
@@ -335,7 +339,7 @@ SETTINGS: tuple[Setting, ...] = (
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 _TOP_LEVEL = {s.key for s in SETTINGS if not s.section}
-_SECTIONS: dict[str, type] = {  # in DESIGN §4 order
+_SECTIONS: dict[str, type] = {  # in config.example.yaml's order
     "proxy": ProxySettings, "review": ReviewSettings, "policy": PolicySettings,
     "store": StoreSettings, "hold": HoldSettings, "notify": NotifySettings, "log": LogSettings,
 }  # fmt: skip
@@ -507,7 +511,7 @@ def _env_keys(env: Mapping[str, str], problems: list[ConfigError] | None = None)
 # -- config.example.yaml ------------------------------------------------------------------
 
 _EXAMPLE_HEADER = """\
-# hitl-proxy configuration (DESIGN.md §4). Generated from proxy/config.py: edit SETTINGS there.
+# hitl-proxy configuration (docs/operations.md). Generated from proxy/config.py: edit SETTINGS there.
 # Every key is optional; the values below are the defaults. Relative paths are relative to
 # this file's folder. Any key can be set from the environment: HITL_DATA_DIR, or
 # HITL_<SECTION>_<KEY>, e.g. HITL_HOLD_TIMEOUT=5m, HITL_PROXY_ALLOW_NETWORKS='[10.0.0.0/8]'.

@@ -90,7 +90,7 @@ class ConnectHandler:
         host, port = parse_authority(event.target.decode("latin-1"))
         # A CONNECT has no body; reading to its end lets h11 see the pending protocol switch.
         await http.read_body(0, None)
-        # The destination first (DESIGN §6): a blocked or unresolvable host is refused before
+        # The destination first (docs/agent-contract.md): a blocked or unresolvable host is refused before
         # the policy is asked, and inner requests reuse this check (upstream.destination).
         addresses = await self._resolve(host, port, request_id)
         decision = await self._judge(host, port, agent, request_id)

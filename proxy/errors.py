@@ -1,7 +1,7 @@
 """The gate's error tree.
 
 Every error the agent can see is a ``GateError``: it carries the HTTP status and the
-machine-readable ``error`` code of DESIGN §6, so the boundary (``http1.error_response``)
+machine-readable ``error`` code of docs/agent-contract.md, so the boundary (``http1.error_response``)
 turns any of them into the same JSON shape. Errors of the libraries underneath (h11,
 httpx, sqlite3, regopy) are translated into these at one place each, with
 ``raise ... from exc``.

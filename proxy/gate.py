@@ -63,12 +63,14 @@ from proxy.policy.input import build_input
 from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
 from proxy.store.records import HoldRecord, new_id
-from proxy.store.sql import HEARTBEAT_SECONDS, new_owner
+from proxy.store.sql import HEARTBEAT_SECONDS, RETENTION_BATCH, new_owner
 from proxy.upstream import OpenResponse, Upstream
 
 log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
+RETENTION_SWEEP_SECONDS = 60.0
+RETENTION_BATCHES = 20  # per sweep: 10,000 records, in write transactions of RETENTION_BATCH
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
 WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
 ANNOUNCED_LIMIT = 10_000
@@ -234,7 +236,7 @@ class Gate:
 
     async def check_destination(self, host: str, port: int, request_id: str) -> None:
         """Resolve and classify the destination before the policy and before any hold: a
-        reviewer is never asked to approve a request that cannot be sent (DESIGN §6). The
+        reviewer is never asked to approve a request that cannot be sent (docs/agent-contract.md). The
         forward dials the addresses checked here; an approved hold is checked again."""
         try:
             await self.upstream.destination(host, port)
@@ -299,7 +301,7 @@ class Gate:
                                    "pending store, so it was not queued or sent. Retry it after "
                                    "Retry-After seconds.") from exc
         if not created and rec.status is HoldStatus.REJECTED:
-            # Refusals are remembered (DESIGN §7): the same answer, not a new review item.
+            # Refusals are remembered (docs/agent-contract.md): the same answer, not a new review item.
             log.info("%s %s %s%s repeats rejected %s: refused again", agent.id, req.method,
                      req.authority, req.path, rec.id)
             raise self._rejection(rec, replayed=True)
@@ -445,7 +447,7 @@ class Gate:
 
     def begin_shutdown(self) -> None:
         """Stop holding agents: each one waiting on a pending hold is answered approval_pending
-        at once (DESIGN §6); the holds stay in the store. Forwards in flight go on."""
+        at once (docs/agent-contract.md); the holds stay in the store. Forwards in flight go on."""
         self.stopping = True
         for event in self._wakeups.values():
             event.set()
@@ -586,17 +588,28 @@ class Gate:
             await asyncio.sleep(interval)
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
-        """Deadlines, and (every ``HEARTBEAT_SECONDS``) forwards whose process is gone."""
-        swept = time.monotonic()
+        """Deadlines, (every ``HEARTBEAT_SECONDS``) forwards whose process is gone, and
+        (every minute, or every ``store.retention`` when shorter) the retention sweep."""
+        swept = purged = time.monotonic()
+        purge_every = min(RETENTION_SWEEP_SECONDS, self.settings.store.retention)
         while True:
             try:
                 await self.expire_due()
                 if time.monotonic() - swept >= HEARTBEAT_SECONDS:
                     swept = time.monotonic()
                     await self.recover()
+                if time.monotonic() - purged >= purge_every:
+                    purged = time.monotonic()
+                    await self.purge_finished()
             except StoreError as exc:
                 log.error("cannot apply deadlines: %s", exc)
             await asyncio.sleep(interval)
+
+    async def purge_finished(self) -> None:
+        """store.retention: a bounded number of batches a sweep; the next sweep goes on."""
+        for _ in range(RETENTION_BATCHES):
+            if await self.store.purge_finished(self.clock(), self.settings.store.retention) < RETENTION_BATCH:
+                return
 
 
 def denial(message: str) -> str:

@@ -85,7 +85,7 @@ class HTTPConnection:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                # DESIGN §6: a malformed request is 400 bad_request (431 for an oversize head);
+                # docs/agent-contract.md: a malformed request is 400 bad_request (431 for an oversize head);
                 # h11's other hints (501 for an unknown transfer coding) are answered as 400.
                 status = 431 if exc.error_status_hint == 431 else 400
                 raise BadRequest(f"malformed HTTP request: {exc}", status=status) from exc

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §9), on a registry of their own so that tests and several
+"""Prometheus metrics (docs/operations.md), on a registry of their own so that tests and several
 gates in one process never share counters.
 
 Counters are named without ``_total``: prometheus-client appends it, so the exposition

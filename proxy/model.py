@@ -26,7 +26,7 @@ class OnTimeout(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The policy's answer, parsed once (DESIGN §5)."""
+    """The policy's answer, parsed once (docs/policies.md)."""
 
     action: Action
     message: str = ""
@@ -61,7 +61,7 @@ class HoldStatus(enum.StrEnum):
 
 _FINAL = frozenset({HoldStatus.FORWARDED, HoldStatus.REJECTED, HoldStatus.EXPIRED, HoldStatus.FAILED})
 
-# The hold lifecycle's state table (DESIGN §7): the only transitions a store may make.
+# The hold lifecycle's state table (docs/architecture.md): the only transitions a store may make.
 # ``approved → expired`` covers an approval whose agent never came back before the deadline.
 TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
     HoldStatus.PENDING: frozenset({HoldStatus.APPROVED, HoldStatus.REJECTED, HoldStatus.EXPIRED}),
@@ -140,7 +140,7 @@ class AgentRequest:
     def fingerprint(self, agent_key: str, secret_headers: tuple[str, ...] = (),
                     content_key: str | None = None) -> str:
         """agent + method + absolute URL + body digest + a digest of the secret headers
-        (DESIGN §7). An Idempotency-Key replaces the body digest, and so does ``content_key``,
+        (docs/agent-contract.md). An Idempotency-Key replaces the body digest, and so does ``content_key``,
         the identity of an MCP call (``mcp.Message.content_key``). ``agent_key`` is
         ``Agent.key``: for an anonymous agent it names the client address, so retries attach
         and replay within one client and one set of credentials only, never across them."""
@@ -176,7 +176,7 @@ class Agent:
     @property
     def key(self) -> str:
         """Who the agent is for attaching and replaying: anonymous agents share one id, so
-        each client address is its own anonymous agent there (DESIGN §7)."""
+        each client address is its own anonymous agent there (docs/agent-contract.md)."""
         return f"{self.id}@{self.address}" if self.id == ANONYMOUS else self.id
 
 

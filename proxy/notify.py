@@ -1,4 +1,4 @@
-"""Webhook notifications of new holds (DESIGN §4 ``notify.webhooks``).
+"""Webhook notifications of new holds (``notify.webhooks``).
 
 The gate publishes a ``held`` event on its in-process bus; ``Notifier.run`` reads the bus
 and posts each event to every configured webhook, each post in a task of its own. So:

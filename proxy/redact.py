@@ -1,6 +1,6 @@
 """Secret headers are never shown: not to the policy, the review API, the UI or the audit.
 
-DESIGN §8 names the fixed set; operators may add names in the config. The raw values stay
+The fixed set is below; operators may add names in the config. The raw values stay
 only on the held request itself, for as long as it needs them to be forwarded.
 """
 

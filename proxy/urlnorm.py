@@ -1,4 +1,4 @@
-"""The canonical request path (DESIGN §5): what the policy judges is what is forwarded.
+"""The canonical request path (docs/policies.md): what the policy judges is what is forwarded.
 
 A policy compares strings. ``/api/chat.postMessage``, ``/api/./chat.postMessage``,
 ``/api//chat.postMessage``, ``/api/x/../chat.postMessage`` and ``/api/chat%2EpostMessage``

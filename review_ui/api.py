@@ -1,4 +1,4 @@
-"""The JSON review API (DESIGN §8) and the unauthenticated operational endpoints."""
+"""The JSON review API (GET /api/openapi.json) and the unauthenticated operational endpoints."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class ReviewAPI:
         self.secret_headers = gate.settings.proxy.secret_headers
 
     def ops_routes(self) -> list[Route]:
-        """Health and metrics: no login, as for any probe or scrape target (DESIGN §9)."""
+        """Health and metrics: no login, as for any probe or scrape target (docs/operations.md)."""
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),

@@ -1,6 +1,6 @@
 """The review API's errors, mapped to responses in one place: the app's exception handlers.
 
-Routes raise the project's error types; each becomes the flat JSON of DESIGN §8,
+Routes raise the project's error types; each becomes the flat JSON of the review API,
 ``{"error": code, "message": ...}``. A route never catches them itself.
 
     GateError            its status and code (BadRequest 400, Forbidden 403, CsrfFailed 403, ...)

@@ -2,7 +2,7 @@
 
 Server-rendered with Jinja2 (autoescaped: request content is attacker-controlled). Decisions
 go through the JSON review API from ``static/app.js`` with the session's CSRF token, so the
-UI and the API share one set of rules (DESIGN §8). Pages without a session redirect to the
+UI and the API share one set of rules. Pages without a session redirect to the
 login page; the session rules live in ``sessions.py``.
 """
 

@@ -21,7 +21,7 @@ def post(client: httpx.Client, url: str, body: bytes) -> httpx.Response:
 
 
 def assert_gate_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The DESIGN §6 shape, as the SDKs parse it; returns the inner ``error`` object."""
+    """The shape of docs/agent-contract.md, as the SDKs parse it; returns the inner ``error`` object."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     doc = r.json()

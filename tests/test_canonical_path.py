@@ -1,4 +1,4 @@
-"""The canonical path (issue 12, item 5; DESIGN §5): the policy judges the normalized path,
+"""The canonical path (issue 12, item 5; docs/policies.md): the policy judges the normalized path,
 the upstream receives that same path, and spellings that cannot be normalized safely are
 refused with 400 before anything is forwarded."""
 

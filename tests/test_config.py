@@ -1,4 +1,4 @@
-"""Settings: the registry, the YAML loader, env overrides, and config.example.yaml (DESIGN §4)."""
+"""Settings: the registry, the YAML loader, env overrides, and config.example.yaml."""
 
 from __future__ import annotations
 

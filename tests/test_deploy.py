@@ -311,7 +311,7 @@ def test_grafana_dashboard_queries_name_real_metrics() -> None:
             names = referenced(target["expr"])
             assert names and names <= known, (panel["title"], names - known)
             seen |= names
-    # every metric of DESIGN §9 is on the dashboard
+    # every metric of docs/operations.md is on the dashboard
     for name in ("hitl_requests_total", "hitl_decisions_total", "hitl_pending_requests",
                  "hitl_decision_seconds_bucket", "hitl_policy_eval_seconds_bucket",
                  "hitl_upstream_seconds_bucket", "hitl_upstream_errors_total", "hitl_grants_active",

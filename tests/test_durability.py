@@ -1,4 +1,4 @@
-"""Durability and exactly-once (DESIGN §7, issue 6): the state table through the real store
+"""Durability and exactly-once (issue 6): the state table through the real store
 (SQLite and PostgreSQL), `hitl-proxy serve` killed with SIGKILL and restarted, concurrent
 retries, replay, digest binding, and failing closed when the store cannot be written."""
 

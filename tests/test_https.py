@@ -131,7 +131,7 @@ def test_httpx_get_is_intercepted_and_forwarded_over_verified_tls(proxy: Hitl, t
 
 
 def test_agents_configured_only_by_environment_variables(proxy: Hitl, tls_upstream: HTTPSUpstream) -> None:
-    # What docs/https.md tells users: HTTPS_PROXY plus SSL_CERT_FILE (httpx) / REQUESTS_CA_BUNDLE.
+    # What the README's HTTPS section tells users: HTTPS_PROXY plus SSL_CERT_FILE (httpx) / REQUESTS_CA_BUNDLE.
     script = (f"import httpx, requests; url = {tls_upstream.url('/env')!r}; "
               "print(httpx.get(url).status_code, requests.get(url, timeout=30).status_code)")
     env = {"PATH": "/usr/bin:/bin", "HTTPS_PROXY": proxy.proxy_url, "SSL_CERT_FILE": str(ca_path(proxy)),

@@ -5,7 +5,7 @@ A real ``Gate`` on a real SQLite file, the real embedded policy engine and the r
 fake, so deadlines and the replay window are crossed deterministically. Hypothesis drives
 hold / retry / concurrent retries / approve / reject / comment / time passing / deadline
 sweep / crash mid-forward / restart, and after every step checks the two promises of
-DESIGN §7:
+the hold lifecycle:
 
 * at most one forward per record (the upstream saw exactly one request per record that
   reached ``forwarded``, and none for any other record);

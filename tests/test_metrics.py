@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §9) and health endpoints, scraped over real sockets after a
+"""Prometheus metrics and health endpoints, scraped over real sockets after a
 scripted mix of allow / deny / error / hold / approve / grant / reject / expire traffic."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The review API's answers to clients that get it wrong or come late (DESIGN §8): a decision
+"""The review API's answers to clients that get it wrong or come late: a decision
 on a request that is no longer pending is 409 naming its current status, through the API and
 the CLI; bad audit pages are 400; every error is the flat JSON shape, never a 500."""
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL store (DESIGN §1, §3, §4): the same semantics as SQLite under concurrency
+"""The PostgreSQL store: the same semantics as SQLite under concurrency
 from many connections, the URL options, failing closed when the server goes away, and
 `hitl-proxy serve` (one process, then `--role proxy` + `--role review`) over it.
 

@@ -316,7 +316,7 @@ def test_edit_then_approve_forwards_the_edited_body(page: Any, ui: Hitl, upstrea
     with api(ui) as c:
         rid = page.url.rsplit("/", 1)[1]
         events = [a["event"] for a in c.get("/api/audit", params={"request_id": rid}).json()["items"]]
-    assert events  # the gate audits the original and the edit (DESIGN §7)
+    assert events  # the gate audits the original and the edit (the audit keeps both)
 
 
 def test_ineligible_reviewer_sees_why_and_cannot_decide(page: Any, ui: Hitl, upstream: Upstream) -> None:

@@ -217,7 +217,7 @@ class Runtime:
                 and (self.review_address is not None or self.role == "proxy")}
 
     async def stop(self) -> None:
-        """SIGTERM / Ctrl-C (DESIGN §6): stop accepting, answer agents waiting on holds with
+        """SIGTERM / Ctrl-C (docs/agent-contract.md): stop accepting, answer agents waiting on holds with
         approval_pending (the holds stay in the store), let forwards in flight finish within
         proxy.shutdown_grace, end the review UI's event streams, then close the rest."""
         if self._workers is not None:  # first: they finish their forwards while the store is open

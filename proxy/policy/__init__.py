@@ -1,4 +1,4 @@
-"""Policy engines: the Rego that decides allow, deny or hold (DESIGN §5).
+"""Policy engines: the Rego that decides allow, deny or hold (docs/policies.md).
 
 build_input / connect_input   the input document for a request / a CONNECT
 PolicyEngine                  what the gate calls: decide, intercept, describe, close

@@ -1,4 +1,4 @@
-"""Parse the policy's decision document (DESIGN §5) into a ``Decision``, strictly.
+"""Parse the policy's decision document (docs/policies.md) into a ``Decision``, strictly.
 
 The document is what a human-written policy produced, so every problem is reported with
 the field it concerns; downstream code only ever sees a well-formed ``Decision``.

@@ -1,4 +1,4 @@
-"""The policy input document (DESIGN §5), built from an ``AgentRequest``.
+"""The policy input document (docs/policies.md), built from an ``AgentRequest``.
 
     {"request": {"method", "scheme", "host", "port", "path", "raw_path", "query", "headers",
                  "body", "body_text", "body_size", "body_truncated"},

@@ -71,6 +71,7 @@ class HoldRecord:
     slack_channel: str | None = None  # the Slack message of this record (review.slack)
     slack_ts: str | None = None  # None: not posted; "": being posted (or the post was lost)
     slack_shown: str | None = None  # the state the message last showed
+    purged_at: float | None = None  # store.retention stripped its bodies, headers and response
 
     @property
     def approved_by(self) -> tuple[str, ...]:
@@ -137,7 +138,7 @@ class AuditRecord:
         }
 
     def compute_hash(self) -> str:
-        """SHA-256 over the previous hash and this record's canonical JSON (DESIGN §8)."""
+        """SHA-256 over the previous hash and this record's canonical JSON."""
         return hashlib.sha256((self.prev_hash + canonical(self.body())).encode()).hexdigest()
 
     def as_dict(self) -> dict[str, Any]:
