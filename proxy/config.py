@@ -225,7 +225,7 @@ def _flag(key: str, default: bool, help: str) -> Setting:
 
 _HASH = '"$argon2id$v=19$m=65536,t=3,p=4$..."'
 # What `hitl-proxy new-token` prints (an argon2 hash, as configs had before, works too).
-_TOKEN_HASH = '"sha256:9f86d081884c7d65..."'
+_TOKEN_HASH = '"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"'
 _SLACK = '"https://hooks.slack.com/services/..."'
 
 # In the order of config.example.yaml, which follows this order.
