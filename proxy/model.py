@@ -211,6 +211,7 @@ class Verdict:
     edit_body: bytes | None = None
     edit_headers: dict[str, str | None] = field(default_factory=dict)  # None removes
     grant_minutes: int | None = None
+    digest: str | None = None  # the content digest the reviewer saw; must still be current
 
     def __post_init__(self) -> None:
         if self.kind not in {"approve", "reject", "comment"}:

@@ -59,7 +59,11 @@ SPEC: dict[str, Any] = {
                              "properties": {"headers": {"type": "object"}, "body_text": _NSTR,
                                             "body_size": {"type": "integer"}, "mcp": {}}},
                     "mcp": {"description": "the MCP tool calls in the body, or null"},
-                    "can_decide": {"type": "boolean", "description": "may the caller decide it"}}},
+                    "can_decide": {"type": "boolean", "description": "may the caller decide it"},
+                    "digest": {"type": ["string", "null"],
+                               "description": "SHA-256 of what would be forwarded; approvals bind to it"},
+                    "body_truncated": {"type": "boolean",
+                                       "description": "body_text is a prefix (4 KiB in lists, 1 MiB in one record)"}}},
         },
     },
     "security": [{"bearer": []}],
@@ -70,13 +74,20 @@ SPEC: dict[str, Any] = {
             "responses": {"200": {"description": "{items, next_cursor}"}, "401": _ERR}}},
         "/api/requests/{id}": {"get": {"summary": "One held request (secrets redacted)", "parameters": _ID,
                                        "responses": {"200": _REC, "401": _ERR, "404": _ERR}}},
-        "/api/requests/{id}/approve": _decision("Approve, optionally with an edit and a standing grant", {
-            "type": "object", "properties": {
-                "comment": {"type": "string"},
-                "edit": {"type": "object", "properties": {"body": {}, "headers": {"type": "object"}}},
-                "grant_minutes": {"type": "integer"}}}),
+        "/api/requests/{id}/body": {"get": {
+            "summary": "The raw body bytes (?edited=true: as it would be forwarded), as a download",
+            "parameters": _ID, "responses": {"200": {"description": "the bytes, under the body's media type"},
+                                             "401": _ERR, "404": _ERR}}},
+        "/api/requests/{id}/approve": _decision(
+            "Approve, optionally with an edit and (on the approval completing the quorum) a standing grant; "
+            "digest: the record's digest as seen (409 if it changed since)", {
+                "type": "object", "properties": {
+                    "comment": {"type": "string"}, "digest": {"type": "string"},
+                    "edit": {"type": "object", "properties": {"body": {}, "headers": {"type": "object"}}},
+                    "grant_minutes": {"type": "integer"}}}),
         "/api/requests/{id}/reject": _decision("Reject; the comment goes back to the agent", {
-            "type": "object", "required": ["comment"], "properties": {"comment": {"type": "string"}}}),
+            "type": "object", "required": ["comment"],
+            "properties": {"comment": {"type": "string"}, "digest": {"type": "string"}}}),
         "/api/requests/{id}/comment": _decision("Comment without deciding", {
             "type": "object", "required": ["comment"], "properties": {"comment": {"type": "string"}}}),
         "/api/grants": {"get": {"summary": "Active standing grants", "responses": {"200": {"description": "{items}"}}}},
