@@ -216,11 +216,11 @@ class Gate:
                                 exc.extra.get("reviewer"), exc.extra.get("comment"))
         sse = mcp.wants_sse(req.header("accept"), self.mcp_streams.streams(mcp.endpoint(req)))
         ctype, body = mcp.answer(rpc, text, exc.code, sse)
-        extra = [("X-HITL-Error", exc.code)]
+        extra = [("X-HITL-Error", exc.code), *exc.headers]
         if exc.retry_after is not None:
             extra.append(("Retry-After", str(exc.retry_after)))
         return Reply(rid, 200, "OK", [("Content-Type", ctype), ("Cache-Control", "no-store")],
-                     body=body, replayed=bool(exc.extra.get("replayed")), extra_headers=extra)
+                     body=body, extra_headers=extra)
 
     def _mcp_readdress(self, req: AgentRequest, rpc: mcp.Message, reply: Reply) -> Reply:
         ctype = mcp.header(reply.headers, "content-type")
@@ -455,8 +455,9 @@ class Gate:
 
     async def finish_forwards(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the forwards of approved holds in flight."""
-        if self._forwards:
-            await asyncio.wait(list(self._forwards.values()), timeout=timeout)
+        running = [*self._forwards.values(), *self._relays]  # relays: answers still streaming
+        if running:
+            await asyncio.wait(running, timeout=timeout)
 
     async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
         event = self._wakeups.setdefault(request_id, asyncio.Event())
