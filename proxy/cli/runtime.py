@@ -27,6 +27,7 @@ from proxy.config import ReviewSettings, Settings
 from proxy.credentials import admin_token_path, new_token
 from proxy.errors import StoreError
 from proxy.events import EventBus
+from proxy.files import private_dir
 from proxy.gate import Gate
 from proxy.metrics import Metrics, share_between_processes
 from proxy.netguard import AddressPolicy
@@ -117,9 +118,9 @@ class Runtime:
             # This process may forward: it must be seen alive before its first claim, or a
             # sweep elsewhere would take its forwards for a dead process's (store/sql.py).
             await self.store.heartbeat(self.gate.owner, self.gate.clock())
-            self._tasks.append(asyncio.create_task(self.gate.run_heartbeat()))
+            self._tasks.append(asyncio.create_task(self.gate.sweepers.run_heartbeat()))
             if primary:  # forwards interrupted by a process that is gone; deadlines sweep later ones
-                await self.gate.recover()
+                await self.gate.sweepers.recover()
         if "review" in sockets:
             review_sock = sockets["review"]
             self.review_address = review_sock.getsockname()[:2]
@@ -146,13 +147,13 @@ class Runtime:
                 self._tasks.append(Notifier(s.notify.webhooks, s.review.public_url, self.metrics)
                                    .start(self.gate.events))
         if primary:
-            self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
+            self._tasks.append(asyncio.create_task(self.gate.sweepers.run_deadlines()))
         self._tasks.append(asyncio.create_task(self.gate.recorder.run()))  # shadow events, decision log
         if s.policy.engine == "embedded":  # a remote OPA reloads its own bundles
             self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query, primary=primary)
             self._tasks.append(asyncio.create_task(self._reloader.watch()))
         if self.role != "all" or s.proxy.workers > 1:  # other processes share the store
-            self._tasks.append(asyncio.create_task(self.gate.watch_store()))
+            self._tasks.append(asyncio.create_task(self.gate.feed.watch()))
         if extra_workers:
             assert self.proxy_address is not None
             self._workers = WorkerPool(extra_workers, s.source, self.proxy_address)
@@ -198,7 +199,7 @@ class Runtime:
             return None
         self.admin_token = new_token()
         path = admin_token_path(s.data_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.admin_token + "\n")
