@@ -118,6 +118,7 @@ class PolicySettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str = "sqlite:///./hitl-data/hitl.db"
+    retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,9 @@ SETTINGS: tuple[Setting, ...] = (
             "sqlite:///relative/file.db, sqlite:////absolute/file.db or"
             " postgresql://user@host:5432/db?schema=NAME (created on first open).",
             parse_store_url),
+    Setting("store.retention", "30d",
+            "Finished requests older than this lose bodies, headers and stored responses"
+            " (the audit stays).", _duration),
     Setting("hold.timeout", "15m",
             "Default deadline for a decision (a policy may override).", _duration),
     Setting("hold.on_timeout", "deny",

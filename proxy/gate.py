@@ -63,12 +63,14 @@ from proxy.policy.input import build_input
 from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
 from proxy.store.records import HoldRecord, new_id
-from proxy.store.sql import HEARTBEAT_SECONDS, new_owner
+from proxy.store.sql import HEARTBEAT_SECONDS, RETENTION_BATCH, new_owner
 from proxy.upstream import OpenResponse, Upstream
 
 log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
+RETENTION_SWEEP_SECONDS = 60.0
+RETENTION_BATCHES = 20  # per sweep: 10,000 records, in write transactions of RETENTION_BATCH
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
 WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
 ANNOUNCED_LIMIT = 10_000
@@ -586,17 +588,28 @@ class Gate:
             await asyncio.sleep(interval)
 
     async def run_deadlines(self, interval: float = 0.5) -> None:
-        """Deadlines, and (every ``HEARTBEAT_SECONDS``) forwards whose process is gone."""
-        swept = time.monotonic()
+        """Deadlines, (every ``HEARTBEAT_SECONDS``) forwards whose process is gone, and
+        (every minute, or every ``store.retention`` when shorter) the retention sweep."""
+        swept = purged = time.monotonic()
+        purge_every = min(RETENTION_SWEEP_SECONDS, self.settings.store.retention)
         while True:
             try:
                 await self.expire_due()
                 if time.monotonic() - swept >= HEARTBEAT_SECONDS:
                     swept = time.monotonic()
                     await self.recover()
+                if time.monotonic() - purged >= purge_every:
+                    purged = time.monotonic()
+                    await self.purge_finished()
             except StoreError as exc:
                 log.error("cannot apply deadlines: %s", exc)
             await asyncio.sleep(interval)
+
+    async def purge_finished(self) -> None:
+        """store.retention: a bounded number of batches a sweep; the next sweep goes on."""
+        for _ in range(RETENTION_BATCHES):
+            if await self.store.purge_finished(self.clock(), self.settings.store.retention) < RETENTION_BATCH:
+                return
 
 
 def denial(message: str) -> str:

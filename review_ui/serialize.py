@@ -51,6 +51,7 @@ def request_json(rec: HoldRecord, secret_headers: tuple[str, ...] = (),
         "forwarded_at": rfc3339(rec.forwarded_at),
         "response_status": rec.response_status,
         "failure_reason": rec.failure_reason,
+        "purged_at": rfc3339(rec.purged_at),  # store.retention removed body, headers, response
         "edited": rec.edit_body is not None or bool(rec.edit_headers),
         "mcp": _tool_calls(req.body),  # the MCP tool calls in the body, or null
     }

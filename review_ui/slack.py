@@ -59,7 +59,8 @@ MAX_BODY = 1024 * 1024
 def signature_ok(secret: str, timestamp: str | None, signature: str | None, body: bytes,
                  now: float) -> bool:
     """Slack's v0 request signature (Rule 1)."""
-    if not timestamp or not signature or not timestamp.isascii() or not timestamp.isdigit():
+    if not timestamp or not signature or len(timestamp) > 12 or not timestamp.isascii() \
+            or not timestamp.isdigit():
         return False
     if abs(now - int(timestamp)) > MAX_SKEW:
         return False
@@ -203,6 +204,8 @@ class SlackInteractions:
             if now is not None and now.status is not HoldStatus.PENDING:
                 await reply(decided_by(now))
                 self.channel.schedule(request_id)
+            elif now is not None and now.deadline <= self.gate.clock():
+                await reply("This request reached its deadline before your decision, so nothing changed.")
             else:
                 await reply("You have already decided this request; it waits for the other reviewers.")
             return

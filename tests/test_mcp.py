@@ -180,10 +180,11 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
-async def with_session(url: str, fn: Callable[[ClientSession], Any]) -> Any:
+async def with_session(url: str, fn: Callable[[ClientSession], Any], keep: bool = False) -> Any:
     """The SDK's streamable-HTTP client with its default httpx2 client (which reads
-    HTTP_PROXY from the environment: trust_env is on)."""
-    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+    HTTP_PROXY from the environment: trust_env is on). ``keep``: the session outlives it."""
+    async with streamable_http_client(url, terminate_on_close=not keep) as (read, write), \
+            ClientSession(read, write) as session:
         await session.initialize()
         return await fn(session)
 
@@ -340,6 +341,42 @@ def test_approved_call_answer_is_streamed_with_its_progress_readdressed(
     assert text_of(third) == "report ready" and mcp_server.count("execute_report") == 1
     items = all_items(hitl)
     assert len(items) == 1 and items[0]["status"] == "forwarded"
+
+
+def test_client_that_hangs_up_mid_call_and_retries_does_not_run_the_tool_twice(
+        shipped: Callable[..., Hitl], mcp_server: McpUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    hitl = shipped()
+    monkeypatch.setenv("HTTP_PROXY", hitl.proxy_url)
+    session: dict[str, str] = {}
+
+    async def open_session(s: ClientSession) -> None:
+        first = await s.call_tool("execute_report", {"steps": 5})
+        assert first.is_error
+        with hitl.api() as api:
+            api.post(f"/api/requests/{pending(hitl)[0]['id']}/approve", json={})
+
+    run(with_session(mcp_server.url, open_session, keep=True))  # the client's connection is lost
+    held = all_items(hitl)[0]
+    session["id"] = held["headers"]["mcp-session-id"]
+    call = rpc("execute_report", {"steps": 5}, 41)
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "Mcp-Session-Id": session["id"], "Mcp-Protocol-Version": held["headers"]["mcp-protocol-version"]}
+    with hitl.agent() as agent, pytest.raises(httpx.ReadTimeout), \
+            agent.stream("POST", mcp_server.url, json=call, headers=headers,
+                         timeout=httpx.Timeout(30, read=1.0)) as r:  # the tool runs; the client gives up
+        for _ in r.iter_bytes():
+            pass
+    assert mcp_server.count("execute_report") == 1
+    mcp_server.release.set()
+    deadline = time.monotonic() + 15
+    while all_items(hitl)[0]["status"] != "forwarded" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with hitl.agent() as agent:
+        r = agent.post(mcp_server.url, json={**call, "id": 42}, headers=headers)
+    assert r.headers["x-hitl-replayed"] == "true"
+    events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    assert events[-1]["id"] == 42 and events[-1]["result"]["content"][0]["text"] == "report ready"
+    assert mcp_server.count("execute_report") == 1
 
 
 def test_held_call_through_a_reverse_route(shipped: Callable[..., Hitl], mcp_server: McpUpstream) -> None:
@@ -583,3 +620,64 @@ def test_audit_and_metrics_carry_the_tool(shipped: Callable[..., Hitl], batch_se
     assert by_event[("rejected", ids["run_sql"])]["tool"] == "run_sql"
     assert 'hitl_requests_total{action="hold",rule="mcp.delete"} 1.0' in metrics
     assert 'hitl_decisions_total{outcome="rejected",rule="mcp.execute"} 1.0' in metrics
+
+
+def test_reviewer_edits_the_arguments_in_the_browser(
+        shipped: Callable[..., Hitl], batch_server: BatchUpstream) -> None:
+    import os
+
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        if os.environ.get("CI"):
+            pytest.fail(f"{chromium} is missing: install Debian's chromium package")
+        pytest.skip(f"{chromium} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    hitl = shipped()
+    original = {"to": "ceo@example.com", "subject": "Numbers"}
+    post(hitl, batch_server.url, rpc("send_email", original, 1))
+    rid = pending(hitl)[0]["id"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-proxy-server"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15000)
+            page.goto(f"{hitl.review_url}/login?token={hitl.admin_token}")
+            assert page.locator(".row .tool").inner_text() == "calls send_email"
+            page.locator(".row").click()
+            assert "ceo@example.com" in page.locator("#tool-calls").inner_text()
+            page.locator("summary", has_text="Edit, then approve").click()
+            page.locator("#edit-arguments").fill('{"to": "finance@example.com", ')
+            page.get_by_role("button", name="Approve edited request").click()
+            assert "not valid JSON" in page.locator("#action-error").inner_text()
+            page.locator("#edit-arguments").fill('{"to": "finance@example.com", "subject": "Numbers"}')
+            page.get_by_role("button", name="Approve edited request").click()
+            page.wait_for_function("document.querySelector('article.detail').dataset.status !== 'pending'"
+                                   " || !!document.getElementById('changed') && !document.getElementById('changed').hidden")
+        finally:
+            browser.close()
+    deadline = time.monotonic() + 10
+    while all_items(hitl)[0]["status"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all_items(hitl)[0]["status"] == "approved"
+    answer = post(hitl, batch_server.url, rpc("send_email", original, 2)).json()
+    assert answer["id"] == 2 and "isError" not in answer["result"]
+    assert json.loads(batch_server.bodies[0])["params"]["arguments"] == {
+        "to": "finance@example.com", "subject": "Numbers"}
+    assert rid == all_items(hitl)[0]["id"]
+
+
+def test_policy_eval_judges_a_json_rpc_body_as_the_gate_does() -> None:
+    import subprocess
+
+    from tests.conftest import HITL
+
+    body = json.dumps(rpc("send_email", {"to": "ceo@example.com", "subject": "Quarterly numbers"}))
+    out = subprocess.run([HITL, "policy", "eval", "--url", "http://mcp.internal.test/mcp", "--body", body,
+                          "--agent", "support-agent"], capture_output=True, text=True, timeout=60,
+                         check=True, cwd=ROOT).stdout
+    decision = json.loads(out)
+    assert decision["action"] == "hold" and decision["rule"] == "mcp.send"
+    assert decision["message"] == "support-agent wants to call send_email to ceo@example.com: 'Quarterly numbers'"

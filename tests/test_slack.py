@@ -258,7 +258,8 @@ def test_a_hold_needing_two_approvals_offers_no_grant_until_the_last(gate: Hitl,
 
 # -- 2. signatures --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("forgery", ["wrong secret", "stale", "future", "tampered", "unsigned", "bad stamp"])
+@pytest.mark.parametrize("forgery", ["wrong secret", "stale", "future", "tampered", "unsigned", "bad stamp",
+                                     "huge stamp"])
 def test_forged_and_stale_signatures_are_refused_and_change_nothing(gate: Hitl, slack: FakeSlack,
                                                                     upstream: Upstream, forgery: str) -> None:
     _thread, _box, rid = hold(gate, upstream)
@@ -276,6 +277,8 @@ def test_forged_and_stale_signatures_are_refused_and_change_nothing(gate: Hitl, 
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
     elif forgery == "bad stamp":
         headers["X-Slack-Request-Timestamp"] = "1e9"
+    elif forgery == "huge stamp":
+        headers["X-Slack-Request-Timestamp"] = "9" * 5000
     r = httpx.post(gate.review_url + "/slack/interactions", content=body, headers=headers, trust_env=False)
     assert r.status_code == 401
     assert r.json()["error"] == "unauthorized"
@@ -549,3 +552,28 @@ def test_processes_sharing_a_store_post_a_hold_once_and_follow_each_others_decis
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+def test_a_hold_whose_post_failed_is_posted_once_when_slack_is_back(
+        make_hitl: Callable[..., Hitl], slack: FakeSlack, upstream: Upstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxy.slack
+
+    monkeypatch.setattr(proxy.slack, "BACKOFF", (0.05, 0.05))  # give up soon: the catch-up retries
+    monkeypatch.setattr(proxy.slack, "CATCH_UP_SECONDS", 0.5)
+    gate = make_hitl(slack_config(slack))
+    slack.mode = "fail"
+    _thread, _box, rid = hold(gate, upstream)
+    wait_until(lambda: len(slack.of("chat.postMessage")) >= 6)  # two rounds of three attempts
+    slack.mode = "ok"
+    wait_until(lambda: _posted_ts(gate, rid) not in (None, ""))
+    posts = len(slack.of("chat.postMessage"))
+    assert _posted_ts(gate, rid) == f"1700000000.{_nth_call(slack, 'chat.postMessage', posts - 1):06d}"
+    time.sleep(1.5)  # three more catch-ups: none may post it again
+    assert len(slack.of("chat.postMessage")) == posts
+    assert slack.of("chat.update") == []  # the message shows what the record is: nothing to update
+
+
+def _posted_ts(hitl: Hitl, request_id: str) -> str | None:
+    rec = hitl.call(hitl.runtime.store.get(request_id))
+    return None if rec is None else rec.slack_ts  # type: ignore[no-any-return]

@@ -101,4 +101,10 @@ def _input_document(args: argparse.Namespace) -> dict[str, Any]:
                                port, target, headers, body)
     except (GateError, ValueError) as exc:
         raise CommandError(f"--url {args.url!r}: {getattr(exc, 'message', exc)}") from exc
-    return build_input(request, Agent(args.agent, "127.0.0.1"), time.time())
+    doc = build_input(request, Agent(args.agent, "127.0.0.1"), time.time())
+    from proxy import mcp
+
+    rpc = mcp.read(request, doc["request"]["body"], media)
+    if rpc is not None:  # a JSON-RPC body: judged as the gate would judge its (first) call
+        doc["mcp"] = rpc.policy_inputs()[0]
+    return doc

@@ -84,6 +84,9 @@ class AsyncStore:
     async def expire_due(self, now: float, approve_window: float) -> list[HoldRecord]:
         return await self._run(self.backend.expire_due, now, approve_window)
 
+    async def purge_finished(self, now: float, retention: float) -> int:
+        return await self._run(self.backend.purge_finished, now, retention)
+
     async def heartbeat(self, owner: str, now: float) -> None:
         await self._run(self.backend.heartbeat, owner, now)
 

@@ -149,6 +149,8 @@ class PostgresBackend(SqlBackend):
             for statement in SCHEMA:
                 self._exec(statement)
             self._add_missing_columns(schema)
+            # store.retention's sweep: finished records not yet purged, oldest first (sql.py).
+            self._exec("CREATE INDEX IF NOT EXISTS requests_purged_updated ON requests (purged_at, updated_at)")
 
     def _add_missing_columns(self, schema: str) -> None:
         """A store made by an older version lacks the columns added since: add them (NULL in

@@ -71,6 +71,7 @@ class HoldRecord:
     slack_channel: str | None = None  # the Slack message of this record (review.slack)
     slack_ts: str | None = None  # None: not posted; "": being posted (or the post was lost)
     slack_shown: str | None = None  # the state the message last showed
+    purged_at: float | None = None  # store.retention stripped its bodies, headers and response
 
     @property
     def approved_by(self) -> tuple[str, ...]:

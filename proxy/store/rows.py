@@ -18,6 +18,7 @@ REQUEST_COLUMNS: dict[str, type] = {
     "edit_body": bytes, "edit_headers": str, "approved_digest": str, "decided_at": float,
     "response_status": int, "response_headers": str, "response_body": bytes,
     "response_reason": str, "forwarded_at": float, "failure_reason": str,
+    "purged_at": float,  # when store.retention stripped its bodies, headers and response
     # The Slack message announcing the record (review.slack): its channel and ts once posted
     # ("" while a process is posting it), and the state the message last showed.
     "slack_channel": str, "slack_ts": str, "slack_shown": str,
@@ -72,7 +73,7 @@ def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
         response=response, response_status=row["response_status"],
         forwarded_at=row["forwarded_at"], failure_reason=row["failure_reason"],
         slack_channel=row.get("slack_channel"), slack_ts=row.get("slack_ts"),
-        slack_shown=row.get("slack_shown"),
+        slack_shown=row.get("slack_shown"), purged_at=row.get("purged_at"),
     )
 
 

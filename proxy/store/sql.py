@@ -59,6 +59,8 @@ from proxy.store.tuning import TuningQueries
 REDACTED = "[redacted]"
 
 AUDIT_PAGE = 1000
+RETENTION_BATCH = 500  # records one retention sweep strips per write transaction
+FINAL_SQL = "'forwarded','rejected','expired','failed'"
 FORWARDER_LEASE = 30.0  # seconds without a heartbeat after which a forwarder counts as gone
 HEARTBEAT_SECONDS = 5.0
 
@@ -449,6 +451,30 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             # forwarders not seen for a day are long gone
             self._exec("DELETE FROM forwarders WHERE seen < ?", (now - 86400,))
         return [self._must_get(i) for i in failed]
+
+    def purge_finished(self, now: float, retention: float, batch: int = RETENTION_BATCH) -> int:
+        """store.retention: finished records last changed before ``now - retention`` lose their
+        bodies, headers, edits and stored response, and their claim; what remains (status,
+        URL, message, decisions, comments) keeps the history readable. At most ``batch``
+        records per call, found through the (purged_at, updated_at) index, so a call is cheap
+        on any store size; the caller repeats while it returns ``batch``. The audit chain is
+        not touched (it holds digests, not bodies) and gains one record per call that purged."""
+        cutoff = now - retention
+        due = ("SELECT id FROM requests WHERE purged_at IS NULL AND updated_at < ?"
+               f" AND status IN ({FINAL_SQL}) ORDER BY updated_at LIMIT ?")
+        # A read first: nothing due must not take the write lock.
+        if not self._q(due, (cutoff, 1)):
+            return 0
+        with self._tx():
+            ids = [r["id"] for r in self._q(due, (cutoff, batch))]
+            marks = ",".join("?" * len(ids))
+            self._exec("UPDATE requests SET body=NULL, headers='[]', edit_body=NULL, edit_headers=NULL,"
+                       " response_headers=NULL, response_body=NULL, purged_at=?"
+                       f" WHERE id IN ({marks}) AND purged_at IS NULL", (now, *ids))
+            self._exec(f"DELETE FROM claims WHERE request_id IN ({marks})", ids)
+            self._audit(now, "retention", None, "retention",
+                        {"purged": len(ids), "before": rfc3339(cutoff)})
+        return len(ids)
 
     def _move(self, rec: HoldRecord, wanted: HoldStatus, now: float, extra_sql: str = "",
               extra_params: tuple[Any, ...] = ()) -> None:

@@ -79,6 +79,8 @@ class SqliteBackend(SqlBackend):
         for statement in DECISION_LOG_SCHEMA:  # store/tuning.py
             db.conn.execute(statement)
         self._add_missing_columns()
+        # store.retention's sweep: finished records not yet purged, oldest first (sql.py).
+        db.table("requests").create_index(["purged_at", "updated_at"], if_not_exists=True)
 
     def _add_missing_columns(self) -> None:
         """A store made by an older version lacks the columns added since: add them (NULL in
