@@ -1,4 +1,4 @@
-"""store.retention (DESIGN §4): finished requests older than it lose their bodies, headers,
+"""store.retention (docs/operations.md): finished requests older than it lose their bodies, headers,
 edits and stored responses, and their claims, in small indexed batches; pending and recent
 ones are untouched and the audit chain stays verifiable. SQLite and PostgreSQL, and
 `hitl-proxy serve` sweeping on its own."""
