@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.errors import ConfigError
+from proxy.files import private_dir
 
 CA_NAME = "hitl-proxy local CA"
 CERT_FILE = "ca.pem"
@@ -178,7 +179,7 @@ class CertificateAuthority:
 
 
 def _create(ca_dir: Path) -> None:
-    ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(ca_dir)  # and its missing parents (the data dir): 0700
     key = ec.generate_private_key(ec.SECP256R1())
     # The serialNumber attribute tells two installations' CAs apart in a trust store.
     name = x509.Name([

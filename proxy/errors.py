@@ -1,7 +1,7 @@
 """The gate's error tree.
 
 Every error the agent can see is a ``GateError``: it carries the HTTP status and the
-machine-readable ``error`` code of docs/agent-contract.md, so the boundary (``http1.error_response``)
+machine-readable ``error`` code of docs/agent-contract.md, so the boundary (``http1.HTTPConnection.send_error``)
 turns any of them into the same JSON shape. Errors of the libraries underneath (h11,
 httpx, sqlite3, regopy) are translated into these at one place each, with
 ``raise ... from exc``.
@@ -148,3 +148,13 @@ class CommandError(Exception):
     def __init__(self, message: str, *, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DigestMismatch(InvalidTransition):
+    """An approval named the digest of content that has changed since (an edit): 409."""
+
+    def __init__(self, request_id: str, digest: str) -> None:
+        super().__init__(request_id, "pending", "approved",
+                         f"it changed since you saw it (its digest is now {digest}); reload it and "
+                         "review what would be sent now")
+        self.digest = digest

@@ -5,7 +5,7 @@ Theory of operation
 Rule 1. Every request is judged by the policy before anything leaves the proxy. When the
         policy cannot answer, the request is refused (``policy_error``): fail closed.
 Rule 2. A held request is written to the store before the agent is told anything, and the
-        store decides every transition (see ``store/sqlite.py``). This module keeps no
+        store decides every transition (see ``store/sql.py``). This module keeps no
         state of its own but wake-up events; a restart loses nothing.
 Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
         and duplicates never make a second review item.
@@ -30,6 +30,7 @@ from typing import Any
 from proxy import mcp
 from proxy.config import Settings
 from proxy.decision_log import DecisionRecorder, ShadowEvent
+from proxy.edits import check_header_edits
 from proxy.errors import (
     ApprovalPending,
     ApprovalTimedOut,
@@ -60,9 +61,10 @@ from proxy.model import (
 )
 from proxy.policy.engine import PolicyEngine
 from proxy.policy.input import build_input
+from proxy.redact import REDACTED, Redactor, redact_url
 from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
-from proxy.store.records import HoldRecord, new_id
+from proxy.store.records import Grant, HoldRecord, new_id
 from proxy.store.sql import HEARTBEAT_SECONDS, RETENTION_BATCH, new_owner
 from proxy.upstream import OpenResponse, Upstream
 
@@ -121,6 +123,7 @@ class Gate:
         self.events = events or EventBus()
         self.clock = clock
         self._secret_headers = settings.proxy.secret_headers
+        self._redactor = Redactor(settings.proxy.secret_headers)
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
@@ -156,7 +159,9 @@ class Gate:
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         shadowed = self.shadowed(decision, agent, req.method, req.host, req.port, req.path, request_id, now)
-        self.recorder.judged(doc, decision, now, shadowed)
+        # An MCP message is judged per call (input.mcp); the log keeps every call's, for replay.
+        self.recorder.judged(doc if rpc is None else {**doc, "mcp_calls": rpc.policy_inputs()},
+                             decision, now, shadowed)
         if shadowed:
             decision = replace(decision, action=Action.ALLOW)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
@@ -265,13 +270,14 @@ class Gate:
             fingerprint = req.fingerprint(agent.key, self._secret_headers, content_key)
             rec = await self.store.find_by_fingerprint(fingerprint, now, hold.replay_window)
             if rec is None:
-                grant = await self.store.find_grant(agent.id, req.method, req.host, req.path, now)
+                grant = await self._standing_grant(req, agent, decision, now)
                 if grant is not None:
                     request_id = new_id(now)
                     self.metrics.decisions.labels("granted", decision.rule).inc()
                     log_decision(request_id, "granted", decision.rule, agent.id, f"grant:{grant.id}")
                     await self.store.audit_append(now, "granted", request_id, f"grant:{grant.id}", {
-                        "method": req.method, "url": req.url, "granted_by": grant.created_by})
+                        "method": req.method, "url": redact_url(req.url), "rule": decision.rule,
+                        "granted_by": grant.created_by})
                     return await self._forward_live(req, request_id,
                                                     (f"{grant.created_by} (standing grant)",))
             created = False
@@ -306,6 +312,21 @@ class Gate:
                      req.authority, req.path, rec.id)
             raise self._rejection(rec, replayed=True)
         return await self.await_outcome(rec.id, now + hold.client_wait)
+
+    async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
+                              now: float) -> Grant | None:
+        """A grant that may stand in for a review of this request (DESIGN §7): its scope
+        (agent, scheme, host, port, method, path) covers the request, and the request's own
+        decision is a grantable hold of the grant's rule, whose reviewers admit the granting
+        reviewer and which needs no more approvals than the grant was made with."""
+        if not decision.grantable:
+            return None
+        for grant in await self.store.find_grants(agent.id, req, now):
+            if (grant.rule == decision.rule and grant.approvals is not None
+                    and decision.approvals <= grant.approvals
+                    and Reviewer(grant.created_by, grant.groups).may_decide(decision.reviewers)):
+                return grant
+        return None
 
     async def await_outcome(self, request_id: str, wait_until: float) -> Reply:
         """Wait for a held request's fate, up to ``wait_until``; act on it (Rules 2 and 4)."""
@@ -492,6 +513,8 @@ class Gate:
             rec = await self.store.add_comment(request_id, reviewer.name, verdict.comment, now)
             self._changed(request_id, rec.status.value, comment=True)
             return rec
+        if reviewer.name == rec.agent:
+            raise Forbidden(f"{reviewer.name} is the agent that sent this request; it may not decide it")
         if not reviewer.may_decide(rec.reviewers):
             raise Forbidden(f"{reviewer.name} may not decide this request; it needs "
                             f"{', '.join(rec.reviewers)}")
@@ -500,26 +523,30 @@ class Gate:
         if verdict.kind == "reject":
             if not verdict.comment.strip():
                 raise BadRequest("a rejection needs a comment: it is the feedback the agent receives")
-            rec = await self.store.decide(request_id, reviewer.name, "reject", verdict.comment, now)
+            rec = await self.store.decide(request_id, reviewer.name, "reject", verdict.comment, now,
+                                          seen_digest=verdict.digest)
         else:
             if verdict.grant_minutes is not None:
                 if not rec.grantable:
                     raise BadRequest("the policy does not allow standing grants for this request")
                 if not 1 <= verdict.grant_minutes <= 7 * 24 * 60:
                     raise BadRequest("grant_minutes must be between 1 and 10080 (a week)")
+            check_header_edits(verdict.edit_headers)
             edit_headers = tuple(verdict.edit_headers.items())
             detail: dict[str, Any] = {}
             if verdict.edit_body is not None or edit_headers:
-                detail["edit"] = _edit_detail(rec, verdict, self._secret_headers)
+                detail["edit"] = _edit_detail(rec, verdict, self._redactor)
+            # One store transaction: the digest check, the count of approvals of this content,
+            # the quorum, and the grant (only on the approval that completes it).
             rec = await self.store.decide(
                 request_id, reviewer.name, "approve", verdict.comment, now,
                 edit_body=verdict.edit_body, edit_headers=edit_headers,
-                approval_deadline=now + self.settings.hold.timeout, audit_detail=detail)
+                approval_deadline=now + self.settings.hold.timeout, audit_detail=detail,
+                seen_digest=verdict.digest, grant_minutes=verdict.grant_minutes,
+                reviewer_groups=reviewer.groups)
             if rec.status is HoldStatus.APPROVED and verdict.grant_minutes:
-                req = rec.request
-                grant = await self.store.add_grant(rec.agent, req.method, req.host, req.path,
-                                                   verdict.grant_minutes, reviewer.name, rec.id, now)
-                self.events.publish({"type": "grant_created", "id": grant.id, "request_id": rec.id})
+                grant_id = next((g.id for g in await self.store.list_grants(now) if g.request_id == rec.id), None)
+                self.events.publish({"type": "grant_created", "id": grant_id, "request_id": rec.id})
         if rec.status is not HoldStatus.PENDING:
             outcome = "approved" if rec.status is HoldStatus.APPROVED else "rejected"
             self.metrics.decisions.labels(outcome, rec.rule).inc()
@@ -625,15 +652,13 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _edit_detail(rec: HoldRecord, verdict: Verdict, secrets: tuple[str, ...]) -> dict[str, Any]:
-    from proxy.redact import is_secret
-
+def _edit_detail(rec: HoldRecord, verdict: Verdict, redactor: Redactor) -> dict[str, Any]:
     def text(b: bytes | None) -> str | None:
         return None if b is None else b[:65536].decode("utf-8", "replace")
 
     return {
         "original_body": text(rec.request.body),
         "edited_body": text(verdict.edit_body),
-        "headers": {k: ("[redacted]" if v is not None and is_secret(k, secrets) else v)
+        "headers": {k: (REDACTED if v is not None and redactor.is_secret(k) else v)
                     for k, v in verdict.edit_headers.items()},
     }

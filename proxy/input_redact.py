@@ -24,14 +24,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.redact import REDACTED, SECRET_HEADERS
+from proxy.redact import REDACTED, SECRET_FIELD_WORDS, SECRET_QUERY_NAMES, is_secret_field
 
 SUMMARY_BYTES = 4096
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "signature", "credential", "api-key",
-                 "apikey", "api_key", "private_key", "session", "cookie", "authorization")
-_SECRET_EXACT = frozenset({"key", "auth", "pwd", "cvc", "cvv", "sig"})
-_WORDS = "|".join(re.escape(w) for w in _SECRET_WORDS)
-_EXACT = "|".join(re.escape(w) for w in sorted(_SECRET_EXACT))
+_WORDS = "|".join(re.escape(w) for w in SECRET_FIELD_WORDS)
+_EXACT = "|".join(re.escape(w) for w in sorted(SECRET_QUERY_NAMES))
 # A secret-named field in text: JSON ("password": "x") or form/query (password=x).
 _TEXT_FIELD = re.compile(
     rf'(?i)("(?:[^"]*(?:{_WORDS})[^"]*|{_EXACT})"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}}\]\s]+)'
@@ -39,15 +36,14 @@ _TEXT_FIELD = re.compile(
 
 
 def secret_name(name: str, extra: Iterable[str] = ()) -> bool:
-    """Whether a header, query parameter or body field of this name holds a secret."""
+    """Whether a header, query parameter or body field of this name holds a secret (the
+    classes of ``proxy.redact``, the one place that knows them)."""
     return _secret_name(name, tuple(extra))
 
 
 @functools.lru_cache(maxsize=4096)  # the same header and field names come again and again
 def _secret_name(name: str, extra: tuple[str, ...]) -> bool:
-    low = name.lower()
-    return (low in SECRET_HEADERS or low in _SECRET_EXACT or any(w in low for w in _SECRET_WORDS)
-            or any(low == e.lower() for e in extra))
+    return is_secret_field(name, extra)
 
 
 def scrub(value: Any, extra: Iterable[str] = ()) -> Any:
@@ -62,7 +58,7 @@ def scrub(value: Any, extra: Iterable[str] = ()) -> Any:
 def _may_hold_secret(text: str) -> bool:
     """A cheap test before the regex (which costs tens of µs on a body): any secret word?"""
     low = text.lower()
-    return any(w in low for w in _SECRET_WORDS) or any(w in low for w in _SECRET_EXACT)
+    return any(w in low for w in SECRET_FIELD_WORDS) or any(w in low for w in SECRET_QUERY_NAMES)
 
 
 def scrub_text(text: str) -> str:
@@ -80,8 +76,9 @@ def redact_input(doc: dict[str, Any], extra: Iterable[str] = ()) -> tuple[dict[s
     """(the document as it may be kept, whether its body was cut to the summary)."""
     extra = tuple(extra)
     out = {k: v for k, v in doc.items() if k != "request"}
-    if "mcp" in out:
-        out["mcp"] = scrub(out["mcp"], extra)
+    for key in ("mcp", "mcp_calls"):  # tool arguments (the decision log keeps every call's)
+        if key in out:
+            out[key] = scrub(out[key], extra)
     req = doc.get("request")
     cut = False
     if isinstance(req, dict):

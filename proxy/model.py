@@ -74,6 +74,16 @@ TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
 }
 
 
+def utf8_text(body: bytes | None) -> str | None:
+    """The body as text when it is UTF-8 (the policy's ``body_text``, the API's), else None."""
+    if body is None:
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def can_transition(current: HoldStatus, wanted: HoldStatus) -> bool:
     return wanted in TRANSITIONS[current]
 
@@ -201,6 +211,7 @@ class Verdict:
     edit_body: bytes | None = None
     edit_headers: dict[str, str | None] = field(default_factory=dict)  # None removes
     grant_minutes: int | None = None
+    digest: str | None = None  # the content digest the reviewer saw; must still be current
 
     def __post_init__(self) -> None:
         if self.kind not in {"approve", "reject", "comment"}:

@@ -17,7 +17,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy import mcp
 from proxy.errors import PolicyError
+from proxy.model import Decision
 from proxy.policy.engine import PolicyEngine
 
 ACTIONS = ("allow", "hold", "deny", "error")
@@ -73,7 +75,7 @@ async def replay(rows: list[dict[str, Any]], engine: PolicyEngine, global_shadow
         report.was[row["action"]] += 1
         report.was_shadow += bool(row["shadow"])
         try:
-            decision = await engine.decide(json.loads(row["input"]))
+            decision = await _decide(engine, json.loads(row["input"]))
             action, rule = decision.action.value, decision.rule
             report.now_shadow += action != "allow" and (decision.shadow or global_shadow)
         except PolicyError as exc:
@@ -88,6 +90,14 @@ async def replay(rows: list[dict[str, Any]], engine: PolicyEngine, global_shadow
             if len(change.examples) < EXAMPLES:
                 change.examples.append(f"{row['agent']} {row['method']} {row['host']}{row['path']}")
     return report
+
+
+async def _decide(engine: PolicyEngine, doc: dict[str, Any]) -> Decision:
+    """As the gate judges: an MCP message call by call (``input.mcp``), the strictest wins."""
+    calls = doc.pop("mcp_calls", None)
+    if not calls:
+        return await engine.decide(doc)
+    return mcp.strictest([await engine.decide({**doc, "mcp": call}) for call in calls])
 
 
 def format_report(report: Report, since: str, policies: str, sample_note: str = "") -> str:

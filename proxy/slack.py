@@ -197,9 +197,12 @@ class SlackChannel:
                     caught_up = loop.time()
                     continue
                 try:
-                    event = await asyncio.wait_for(queue.get(), due)
+                    async with asyncio.timeout(due):  # not wait_for: 3.11's may swallow a cancel
+                        event = await queue.get()
                 except TimeoutError:
                     continue
+                if event.get("type") == "closed":  # the process stops (EventBus.close)
+                    return
                 if event.get("type") in ("held", "changed") and isinstance(event.get("id"), str):
                     self.schedule(event["id"])
         finally:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from proxy import mcp
 from proxy.model import HoldStatus
+from proxy.redact import REDACTED
 from proxy.store.records import HoldRecord
 
 HEADER_LIMIT = 150
@@ -42,7 +43,6 @@ COMMENT_BLOCK = "comment"
 COMMENT_ACTION = "comment"
 COMMENT_LIMIT = 2000
 
-REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|credential|auth|session|cookie",
                           re.IGNORECASE)
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ class ReviewAPI:
             Route("/api/openapi.json", self.openapi),
             Route("/api/requests", a(self.list_requests)),
             Route("/api/requests/{id}", a(self.get_request)),
+            Route("/api/requests/{id}/body", a(self.get_body)),
             Route("/api/requests/{id}/approve", a(self.approve), methods=["POST"]),
             Route("/api/requests/{id}/reject", a(self.reject), methods=["POST"]),
             Route("/api/requests/{id}/comment", a(self.comment), methods=["POST"]),
@@ -128,6 +130,21 @@ class ReviewAPI:
             raise NotFound(f"no held request {request.path_params['id']}")
         return JSONResponse(request_json(rec, self.secret_headers, reviewer))
 
+    async def get_body(self, request: Request, reviewer: Reviewer) -> Response:
+        """The raw body bytes, which the JSON records cap (DESIGN §8). Agent-controlled
+        content on the review origin: a download, never rendered (attachment, nosniff, a
+        sandboxing CSP), under the body's own media type when it is a well-formed one."""
+        rec = await self.gate.store.get(request.path_params["id"])
+        if rec is None:
+            raise NotFound(f"no held request {request.path_params['id']}")
+        edited = request.query_params.get("edited") in ("1", "true")
+        req = rec.forward_request() if edited else rec.request
+        return Response(req.body, media_type=_media_type(req.header("content-type")), headers={
+            "Content-Disposition": f'attachment; filename="{rec.id}{"-edited" if edited else ""}.body"',
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "no-store"})
+
     async def approve(self, request: Request, reviewer: Reviewer) -> Response:
         data = await self._json_body(request)
         comment = _str(data, "comment")
@@ -145,7 +162,7 @@ class ReviewAPI:
         if grant is not None and (not isinstance(grant, int) or isinstance(grant, bool)):
             raise BadRequest("grant_minutes must be a whole number of minutes")
         rec = await self.gate.review(request.path_params["id"], reviewer, Verdict(
-            "approve", reviewer.name, comment, edit_body, dict(edit_headers), grant))
+            "approve", reviewer.name, comment, edit_body, dict(edit_headers), grant, _digest(data)))
         return JSONResponse(request_json(rec, self.secret_headers, reviewer))
 
     async def _edited_arguments(self, request_id: str, edit: dict[str, Any], body: bytes | None) -> bytes:
@@ -162,7 +179,7 @@ class ReviewAPI:
     async def reject(self, request: Request, reviewer: Reviewer) -> Response:
         data = await self._json_body(request)
         rec = await self.gate.review(request.path_params["id"], reviewer,
-                                     Verdict("reject", reviewer.name, _str(data, "comment")))
+                                     Verdict("reject", reviewer.name, _str(data, "comment"), digest=_digest(data)))
         return JSONResponse(request_json(rec, self.secret_headers, reviewer))
 
     async def comment(self, request: Request, reviewer: Reviewer) -> Response:
@@ -231,6 +248,24 @@ def _str(data: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"{key} must be a string")
     return value
+
+
+def _digest(data: dict[str, Any]) -> str | None:
+    """The optional ``digest`` of a decision: the content the reviewer saw (DESIGN §7)."""
+    value = data.get("digest")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise BadRequest("digest must be the 64 hex characters of the record's digest")
+    return value
+
+
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=[A-Za-z0-9!#$&^_.+-]+)*")
+
+
+def _media_type(value: str | None) -> str:
+    value = (value or "").strip()
+    return value if MEDIA_TYPE.fullmatch(value) else "application/octet-stream"
 
 
 def _edit_body(edit: dict[str, Any]) -> bytes | None:

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.errors import GateError, InvalidTransition, NotFound, StoreError
+from proxy.errors import DigestMismatch, GateError, InvalidTransition, NotFound, StoreError
 
 
 class Unauthorized(GateError):
@@ -40,7 +40,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _conflict(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidTransition)
-    return error(409, "conflict", str(exc), current_status=exc.current)
+    extra = {"digest": exc.digest} if isinstance(exc, DigestMismatch) else {}  # what it is now
+    return error(409, "conflict", str(exc), current_status=exc.current, **extra)
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from proxy.redact import REDACTED
+
 PREVIEW_CHARS = 4000  # what a body shows before "Show all"
 FULL_CHARS = 1_000_000  # beyond this even "Show all" stops: the page would not be readable
 
@@ -132,7 +134,7 @@ def who_decided(item: dict[str, Any]) -> str:
 
 def editable_headers(headers: dict[str, str]) -> str:
     """The headers a reviewer may edit, one ``name: value`` a line; secrets stay out."""
-    return "\n".join(f"{k}: {v}" for k, v in headers.items() if v != "[redacted]")
+    return "\n".join(f"{k}: {v}" for k, v in headers.items() if v != REDACTED)
 
 
 def jinja_filters() -> dict[str, Any]:

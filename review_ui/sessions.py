@@ -19,8 +19,11 @@ Theory of operation:
    (JSON ``{sid: expiry}``, 0600, replaced atomically, pruned of expired ids on every write),
    read at start: a logged-out cookie stays refused after a restart. A write merges what the
    file already holds, so processes sharing the data dir do not drop each other's logouts.
-5. Login failures are counted per client address over a sliding minute; the sixth within it
-   is answered 429 until the window moves on, so a password cannot be guessed at speed.
+5. Login failures are counted per client address and per network over a sliding minute, and
+   per account with an exponential back-off (``LoginLimiter``): a password cannot be guessed at
+   speed, from one address or from many. The admin login link works once: its use is recorded
+   in the store, which every process serving the UI shares.
+6. A trusted identity header sent twice is refused (``AmbiguousIdentity``), never "first wins".
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from starlette.requests import Request
 from proxy.config import Settings, UserCredential
 from proxy.credentials import VerifiedCache, hash_secret
 from proxy.errors import GateError
+from proxy.files import private_dir
 from proxy.model import Reviewer
 
 log = logging.getLogger("hitl.review")
@@ -56,10 +60,21 @@ LOGIN_COOKIE = "hitl_login"  # double-submit token for the login form (login CSR
 SESSION_SECONDS = 12 * 3600
 KEY_BYTES = 32
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_TRACKED = 10_000  # addresses, networks, accounts the login limiter remembers
+ACCOUNT_FREE_FAILURES = 5
+ACCOUNT_BACKOFF = 30.0
+ACCOUNT_BACKOFF_MAX = 15 * 60.0
 
 
 class CsrfFailed(GateError):
     status, code = 403, "csrf_failed"
+
+
+class AmbiguousIdentity(GateError):
+    """The trusted header (or its groups header) came more than once: which one the auth
+    proxy meant cannot be known, so neither is believed."""
+
+    status, code = 400, "ambiguous_identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +102,7 @@ def load_key(data_dir: Path) -> bytes:
     if key is not None:
         log.warning("%s holds %d bytes, too short to be a key; writing a new one (its sessions end)",
                     path, len(key))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".ui-session-key.")  # created 0600
     try:
         with os.fdopen(fd, "wb") as f:
@@ -148,34 +163,87 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-class LoginLimiter:
-    """At most ``limit`` failed logins per address per ``window`` seconds."""
+class _Window:
+    """Failures per key over a sliding window; at most ``limit`` before the key waits."""
 
-    def __init__(self, limit: int = 5, window: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
         self.limit, self.window, self.clock = limit, window, clock
         self._failures: dict[str, deque[float]] = {}
 
-    def _recent(self, address: str) -> deque[float]:
+    def _recent(self, key: str) -> deque[float]:
         now = self.clock()
-        q = self._failures.setdefault(address, deque())
+        q = self._failures.setdefault(key, deque())
         while q and q[0] <= now - self.window:
             q.popleft()
         return q
 
-    def blocked(self, address: str) -> int:
-        """Seconds until this address may try again; 0 when it may now."""
-        q = self._recent(address)
+    def blocked(self, key: str) -> int:
+        q = self._recent(key)
         if len(q) < self.limit:
             if not q:
-                self._failures.pop(address, None)  # keep the table small
+                self._failures.pop(key, None)  # keep the table small
             return 0
         return max(1, int(q[0] + self.window - self.clock()) + 1)
 
-    def failed(self, address: str) -> None:
-        self._recent(address).append(self.clock())
-        if len(self._failures) > 10_000:  # a flood of addresses: forget the oldest
+    def failed(self, key: str) -> None:
+        self._recent(key).append(self.clock())
+        if len(self._failures) > MAX_TRACKED:  # a flood of keys: forget the oldest
             self._failures.pop(next(iter(self._failures)))
+
+
+class LoginLimiter:
+    """Failed logins, counted three ways; any one of them can make the next attempt wait:
+
+    - per client address: ``limit`` per ``window`` seconds;
+    - per network (IPv4 /24, IPv6 /64): ``network_limit`` per window, because one guesser
+      owns many addresses of a network (127.0.0.0/8 alone has 16 million);
+    - per account name (known or not, so waiting does not list users): after
+      ``ACCOUNT_FREE_FAILURES`` failures in a row, each further try waits ``ACCOUNT_BACKOFF``
+      seconds doubling per failure, up to ``ACCOUNT_BACKOFF_MAX``; a successful login resets it.
+    """
+
+    def __init__(self, limit: int = 5, window: float = 60.0, network_limit: int = 20,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._address = _Window(limit, window, clock)
+        self._network = _Window(network_limit, window, clock)
+        self._accounts: dict[str, tuple[int, float]] = {}  # name → (failures in a row, last at)
+
+    def blocked(self, address: str, account: str | None = None) -> int:
+        """Seconds until this address (and account) may try again; 0 when it may now."""
+        wait = max(self._address.blocked(address), self._network.blocked(_network(address)))
+        if account is not None and account in self._accounts:
+            count, last = self._accounts[account]
+            if count >= ACCOUNT_FREE_FAILURES:
+                backoff = min(ACCOUNT_BACKOFF * 2 ** (count - ACCOUNT_FREE_FAILURES), ACCOUNT_BACKOFF_MAX)
+                remaining = last + backoff - self.clock()
+                if remaining > 0:
+                    wait = max(wait, int(remaining) + 1)
+        return wait
+
+    def failed(self, address: str, account: str | None = None) -> None:
+        self._address.failed(address)
+        self._network.failed(_network(address))
+        if account is not None:
+            count, _ = self._accounts.pop(account, (0, 0.0))
+            self._accounts[account] = (count + 1, self.clock())
+            if len(self._accounts) > MAX_TRACKED:
+                self._accounts.pop(next(iter(self._accounts)))
+
+    def succeeded(self, account: str) -> None:
+        self._accounts.pop(account, None)
+
+
+def _network(address: str) -> str:
+    """The bucket an address shares with its neighbours: its /24 (IPv4) or /64 (IPv6)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 class Sessions:
@@ -265,6 +333,9 @@ class Sessions:
             return None
         if not any(peer in net for net in trusted.from_networks):
             return None
+        for name in (trusted.user, trusted.groups):
+            if name and len(request.headers.getlist(name)) > 1:
+                raise AmbiguousIdentity(f"{name} was sent more than once; refusing to pick one")
         user = request.headers.get(trusted.user, "").strip()
         if not user:
             return None

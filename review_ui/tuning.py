@@ -26,6 +26,7 @@ from proxy.gate import Gate
 from proxy.insights import QUICK_SECONDS, compute, seconds
 from proxy.model import HoldStatus, Reviewer
 from proxy.store.records import AuditRecord, HoldRecord
+from review_ui.serialize import may_decide
 
 if TYPE_CHECKING:
     from review_ui.sessions import Session
@@ -126,7 +127,7 @@ class Tuning:
 
 async def grant_offer(gate: Gate, rec: HoldRecord, reviewer: Reviewer) -> dict[str, Any] | None:
     """The one-click grant to offer on this pending request, or None (see the module doc)."""
-    if (rec.status is not HoldStatus.PENDING or not rec.grantable or not reviewer.may_decide(rec.reviewers)
+    if (rec.status is not HoldStatus.PENDING or not rec.grantable or not may_decide(reviewer, rec)
             or len(rec.approved_by) + 1 < rec.approvals_needed or reviewer.name in rec.approved_by):
         return None
     req = rec.request

@@ -26,10 +26,11 @@ from starlette.staticfiles import StaticFiles
 from proxy.errors import StoreError
 from proxy.gate import Gate
 from proxy.model import Reviewer
+from proxy.redact import REDACTED
 from review_ui import present
 from review_ui.errors import Unauthorized
 from review_ui.serialize import grant_json, request_json
-from review_ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
+from review_ui.sessions import COOKIE, LOGIN_COOKIE, AmbiguousIdentity, Session, Sessions
 from review_ui.tuning import grant_offer
 
 HERE = Path(__file__).parent
@@ -76,6 +77,10 @@ class WebUI:
         self.env.filters.update(present.jinja_filters())
         self.env.filters["expires_in"] = _expires_in
         # Read at render time: a failed policy reload shows on every page until fixed.
+        # The live views' script labels statuses from the same tables as the pages (present.py).
+        self.env.globals["status_labels"] = present.STATUS_LABELS
+        self.env.globals["status_tones"] = present.STATUS_TONE
+        self.env.globals["redacted"] = REDACTED
         self.env.globals["policy_error"] = lambda: getattr(gate, "policy_error", None)
 
     def routes(self) -> list[BaseRoute]:
@@ -103,6 +108,14 @@ class WebUI:
 
     def _page(self, handler: Page) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            try:
+                return await run(request)
+            except AmbiguousIdentity as exc:  # a duplicated trusted header: no one is logged in
+                if request.url.path.endswith(".json"):
+                    return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
+                return self.render("error.html", exc.status, title="Who are you?", message=exc.message)
+
+        async def run(request: Request) -> Response:
             found = self.sessions.current(request)
             fresh_cookie = None
             if found is None and (named := self.sessions.header_user(request)) is not None:
@@ -159,6 +172,11 @@ class WebUI:
                 self.sessions.limiter.failed(address)
                 return self._login_page(request, 401, "That login link is not valid (any more). "
                                         "Use the link printed by the latest `hitl-proxy serve`.")
+            # One use, across every process sharing the store: a link that leaked through a
+            # browser history, a log or a screen share does not log anyone else in.
+            if not await self.gate.store.use_once(f"admin-login:{issued[0].binding}", self.gate.clock()):
+                return self._login_page(request, 401, "That login link was already used. Restart "
+                                        "`hitl-proxy serve` for a new one, or configure review.users.")
             # Redirect at once, so the token leaves the address bar and the history.
             response = RedirectResponse("/", status_code=303)
             self._set_session(response, issued[1])
@@ -176,27 +194,35 @@ class WebUI:
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         if not cookie or not hmac.compare_digest(sent.encode(), cookie.encode()):
             return self._login_page(request, 403, "Your login form expired. Please try again.", name)
-        if wait := self.sessions.limiter.blocked(address):
+        if wait := self.sessions.limiter.blocked(address, name):
             return self._login_page(request, 429, f"Too many failed logins. Try again in {wait} s.", name)
         issued = await self.sessions.check_password(name, password) if name and password else None
         if issued is None:
-            self.sessions.limiter.failed(address)
+            self.sessions.limiter.failed(address, name)
             return self._login_page(request, 401, "Wrong user name or password.", name)
+        self.sessions.limiter.succeeded(name)
         response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
         self._set_session(response, issued[1])
         response.delete_cookie(LOGIN_COOKIE, path="/")
         return response
 
     async def logout(self, request: Request) -> Response:
-        found = self.sessions.current(request)
-        if found is not None:
-            form = await request.form()
-            if not self.sessions.csrf_ok(found[0], str(form.get("csrf", ""))):
-                return self.render("error.html", 403, title="Not logged out",
-                                   message="The logout form was stale (missing CSRF token). "
-                                           "Go back, reload and try again.")
-            # Off the event loop: the revocation is written to disk and fsynced (sessions.py).
-            await asyncio.to_thread(self.sessions.revoke, found[0])
+        """Only our own page logs a reviewer out: a valid session and its CSRF token. A post
+        without them (another site's form: its cookie-less cross-site POST) changes nothing,
+        not even the cookie, which its answer could otherwise delete."""
+        try:
+            found = self.sessions.current(request)
+        except AmbiguousIdentity:
+            found = None
+        if found is None:
+            return RedirectResponse("/login", status_code=303)
+        form = await request.form()
+        if not self.sessions.csrf_ok(found[0], str(form.get("csrf", ""))):
+            return self.render("error.html", 403, title="Not logged out",
+                               message="The logout form was stale (missing CSRF token). "
+                                       "Go back, reload and try again.")
+        # Off the event loop: the revocation is written to disk and fsynced (sessions.py).
+        await asyncio.to_thread(self.sessions.revoke, found[0])
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

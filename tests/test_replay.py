@@ -153,3 +153,44 @@ def test_replay_never_creates_state(tmp_path: Path) -> None:
     out = replay(config)
     assert out.returncode == 2 and "has no decision log yet" in out.stderr
     assert replay(config, "--since", "soon").stderr.startswith("hitl-proxy: --since:")
+
+
+MCP_V1 = r'''
+package hitl
+
+import rego.v1
+
+default decision := {"action": "allow", "rule": "default"}
+'''
+
+MCP_V2 = r'''
+package hitl
+
+import rego.v1
+
+default decision := {"action": "allow", "rule": "default"}
+
+decision := {"action": "hold", "message": "email", "rule": "mcp.email"} if input.mcp.tool == "send_email"
+'''
+
+
+def test_replay_judges_mcp_messages_call_by_call(make_hitl: Callable[..., Hitl], upstream: Upstream,
+                                                  tmp_path: Path) -> None:
+    hitl = make_hitl(policy=MCP_V1)
+    with hitl.agent() as agent:
+        for i, tool in enumerate(("send_email", "search", "send_email")):
+            call = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                    "params": {"name": tool, "arguments": {"to": "a@example.com", "api_key": SECRET}}}
+            r = agent.post(upstream.url("/mcp"), json=call, headers={"Accept": "application/json"})
+            assert r.status_code == 200, r.text
+    db = tmp_path / "data" / "hitl.db"
+    deadline = time.monotonic() + 10
+    while db_rows(db, "SELECT COUNT(*) FROM decision_log")[0][0] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert SECRET not in json.dumps(db_rows(db, "SELECT input FROM decision_log"))
+    (tmp_path / "policies" / "test.rego").write_text(MCP_V2)  # the change under review
+    out = replay(tmp_path / "config.yaml", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["now"]["hold"] == 2 and report["now"]["allow"] == 1
+    assert [(c["was"], c["now"], c["count"]) for c in report["changes"]] == [("allow/default", "hold/mcp.email", 2)]

@@ -184,3 +184,26 @@ def test_a_store_that_cannot_take_the_log_never_delays_allowed_requests_and_drop
         conn.close()
     dropped = by_labels(scrape(hitl), "hitl_decision_log_dropped_total")[()]
     assert kept <= 5 and dropped >= 7 and kept + dropped == 12
+
+
+def test_a_shadow_deny_of_a_connect_opens_the_tunnel_and_records_it(make_hitl: Callable[..., Hitl]) -> None:
+    from tests.test_tunnel import OneShotServer, connect
+
+    hitl = make_hitl(policy='''package hitl
+
+import rego.v1
+
+decision := {"action": "deny", "message": "tunnels will be denied", "rule": "tunnels.new", "shadow": true}
+
+intercept := false
+''')
+    server = OneShotServer(lambda conn: conn.recv(100))
+    try:
+        sock = connect(hitl, server.port, b"hello through the tunnel")  # 200: the tunnel opened
+        assert server.wait() == b"hello through the tunnel"
+        sock.close()
+    finally:
+        server.close()
+    [event] = wait_for(lambda: shadow_events(hitl), lambda e: len(e) == 1)
+    assert event["detail"]["action"] == "deny" and event["detail"]["method"] == "CONNECT"
+    assert (event["detail"]["host"], event["detail"]["port"]) == ("localhost", server.port)

@@ -27,6 +27,7 @@ from proxy.config import ReviewSettings, Settings
 from proxy.credentials import admin_token_path, new_token
 from proxy.errors import StoreError
 from proxy.events import EventBus
+from proxy.files import private_dir
 from proxy.gate import Gate
 from proxy.metrics import Metrics, share_between_processes
 from proxy.netguard import AddressPolicy
@@ -198,7 +199,7 @@ class Runtime:
             return None
         self.admin_token = new_token()
         path = admin_token_path(s.data_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.admin_token + "\n")

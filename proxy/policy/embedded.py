@@ -36,7 +36,7 @@ import regopy
 from proxy.errors import ConfigError, PolicyError
 from proxy.model import Decision
 from proxy.policy.decision import parse_decision
-from proxy.policy.engine import INTERCEPT_QUERY, PolicyLoadError
+from proxy.policy.engine import INTERCEPT_QUERY, PolicyLoadError, intercept_answer
 from proxy.policy.input_refs import InputRefs, input_refs, prune, pure
 from proxy.policy.rego_errors import error_text, load_error, node_text
 from proxy.policy.rego_files import PACKAGE, DataFile, check_declared, collect, load_data
@@ -105,11 +105,7 @@ class EmbeddedEngine:
 
     async def intercept(self, input: dict[str, Any]) -> bool:
         value = await self._judge(self._intercept, input)
-        if value is UNDEFINED:
-            return True
-        if not isinstance(value, bool):
-            raise PolicyError(f"{INTERCEPT_QUERY} must be true or false, not {json.dumps(value)}")
-        return value
+        return intercept_answer(value is not UNDEFINED, value)
 
     def describe(self) -> str:
         return self._description

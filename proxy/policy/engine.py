@@ -8,12 +8,24 @@ well-formed answer is a ``PolicyError``, which the gate turns into a fail-closed
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
+from proxy.errors import PolicyError
 from proxy.model import Decision
 
 # The optional rule asked at CONNECT: intercept the TLS or pass a blind tunnel.
 INTERCEPT_QUERY = "data.hitl.intercept"
+
+
+def intercept_answer(defined: bool, value: Any) -> bool:
+    """``data.hitl.intercept``'s value as the gate reads it, whichever engine evaluated it:
+    undefined means intercept; anything but a boolean is a ``PolicyError``."""
+    if not defined:
+        return True
+    if not isinstance(value, bool):
+        raise PolicyError(f"{INTERCEPT_QUERY} must be true or false, not {json.dumps(value)}")
+    return value
 
 
 class PolicyEngine(Protocol):

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from proxy.model import Agent, AgentRequest
+from proxy.model import Agent, AgentRequest, utf8_text
 from proxy.redact import redact_headers
 
 MAX_INPUT_BODY = 256 * 1024  # policy.max_input_body_bytes' default
@@ -37,7 +37,7 @@ def build_input(
 ) -> dict[str, Any]:
     headers = redact_headers(request.headers, secret_headers)
     truncated = len(request.body) > max_body
-    body_text = None if truncated else _text(request.body)
+    body_text = None if truncated else utf8_text(request.body)
     return {
         "request": {
             "method": request.method.upper(),
@@ -95,12 +95,6 @@ def parse_body(content_type: str | None, body: bytes, text: str | None = None) -
         return {name: values[0] if len(values) == 1 else values for name, values in fields.items()}
     return None
 
-
-def _text(body: bytes) -> str | None:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def _refuse_constant(name: str) -> Any:

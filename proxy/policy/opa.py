@@ -30,7 +30,7 @@ import httpx
 from proxy.errors import PolicyError
 from proxy.model import Decision
 from proxy.policy.decision import parse_decision
-from proxy.policy.engine import INTERCEPT_QUERY
+from proxy.policy.engine import INTERCEPT_QUERY, intercept_answer
 
 TIMEOUT = 2.0  # seconds for one policy query: an agent is waiting on it
 
@@ -55,11 +55,7 @@ class OpaEngine:
 
     async def intercept(self, input: dict[str, Any]) -> bool:
         found, value = await self._query_data(self._intercept_path, input)
-        if not found:
-            return True
-        if not isinstance(value, bool):
-            raise PolicyError(f"{INTERCEPT_QUERY} must be true or false, not {json.dumps(value)}")
-        return value
+        return intercept_answer(found, value)
 
     def describe(self) -> str:
         return f"opa: {self._base}/v1/data/{self._decision_path} (query {self._query})"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from proxy.errors import StoreError
-from proxy.model import UpstreamResponse
+from proxy.model import AgentRequest, UpstreamResponse
 from proxy.store.records import AuditRecord, Grant, HoldRecord
 from proxy.store.sql import busy_timeout
 from proxy.store.sqlite import SqliteBackend
@@ -94,12 +94,15 @@ class AsyncStore:
         return await self._run(self.backend.recover, now, owner)
 
     async def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
-                        request_id: str | None, now: float) -> Grant:
+                        request_id: str | None, now: float, **scope: Any) -> Grant:
         return await self._run(self.backend.add_grant, agent, method, host, path, minutes, by,
-                               request_id, now)
+                               request_id, now, **scope)
 
-    async def find_grant(self, agent: str, method: str, host: str, path: str, now: float) -> Grant | None:
-        return await self._run(self.backend.find_grant, agent, method, host, path, now)
+    async def find_grants(self, agent: str, req: AgentRequest, now: float) -> list[Grant]:
+        return await self._run(self.backend.find_grants, agent, req, now)
+
+    async def use_once(self, key: str, now: float) -> bool:
+        return await self._run(self.backend.use_once, key, now)
 
     async def list_grants(self, now: float, include_inactive: bool = False) -> list[Grant]:
         return await self._run(self.backend.list_grants, now, include_inactive)

@@ -41,6 +41,7 @@ from proxy.store.rows import (
     CLAIM_COLUMNS,
     FORWARDER_COLUMNS,
     GRANT_COLUMNS,
+    ONCE_COLUMNS,
     REQUEST_COLUMNS,
     TABLES,
 )
@@ -92,6 +93,7 @@ SCHEMA = (
     _table("grants", GRANT_COLUMNS, "id"),
     _table("claims", CLAIM_COLUMNS, "request_id"),
     _table("forwarders", FORWARDER_COLUMNS, "id"),
+    _table("used_once", ONCE_COLUMNS, "key"),
     ("CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at TEXT, event TEXT, request_id TEXT,"
      " actor TEXT, detail TEXT, prev_hash TEXT, hash TEXT)"),
     "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT)",

@@ -32,6 +32,7 @@ class DecisionEntry:
     verdict: str  # approve | reject
     comment: str
     at: float
+    digest: str | None = None  # the content digest this reviewer decided on (None: a record from before digests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +73,33 @@ class HoldRecord:
     slack_ts: str | None = None  # None: not posted; "": being posted (or the post was lost)
     slack_shown: str | None = None  # the state the message last showed
     purged_at: float | None = None  # store.retention stripped its bodies, headers and response
+    # Set on the summaries a listing reads (``SqlBackend.list_requests``): ``request.body`` and
+    # ``edit_body`` then hold only a prefix, and these say what the whole was.
+    body_size: int | None = None
+    edit_body_size: int | None = None
+    stored_digest: str | None = None
+
+    @property
+    def is_summary(self) -> bool:
+        return self.body_size is not None
+
+    @property
+    def digest(self) -> str | None:
+        """The digest approvals bind to: of what was approved, or else of what would be sent now."""
+        if self.approved_digest is not None:
+            return self.approved_digest
+        if self.is_summary:
+            return self.stored_digest
+        return self.forward_request().content_digest()
 
     @property
     def approved_by(self) -> tuple[str, ...]:
-        return tuple(d.reviewer for d in self.decisions if d.verdict == "approve")
+        """The distinct reviewers whose approval counts: those who approved the current
+        content. An edit restarts the count (DESIGN §7); approvals of other bytes do not."""
+        digest = self.digest
+        names = (d.reviewer for d in self.decisions
+                 if d.verdict == "approve" and (d.digest is None or d.digest == digest))
+        return tuple(dict.fromkeys(names))
 
     @property
     def rejection(self) -> DecisionEntry | None:
@@ -97,6 +121,10 @@ class HoldRecord:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
+    """Standing approval for later requests of one scope (DESIGN §7): the same agent, scheme,
+    host, port, method and path, whose own decision is a grantable hold of ``rule`` that
+    ``created_by`` (with ``groups``) may decide and that needs at most ``approvals``."""
+
     id: str
     agent: str
     method: str
@@ -108,6 +136,11 @@ class Grant:
     expires_at: float
     revoked_at: float | None = None
     revoked_by: str | None = None
+    scheme: str | None = None  # None: a grant from before scopes; it covers nothing
+    port: int | None = None
+    rule: str | None = None
+    approvals: int | None = None
+    groups: tuple[str, ...] = ()
 
     def active(self, now: float) -> bool:
         return self.revoked_at is None and self.expires_at > now

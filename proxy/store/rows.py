@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from proxy.model import AgentRequest, HoldStatus, OnTimeout, UpstreamResponse
-from proxy.store.records import AuditRecord, CommentEntry, DecisionEntry, HoldRecord
+from proxy.store.records import AuditRecord, CommentEntry, DecisionEntry, Grant, HoldRecord
 
 # The requests table; each backend maps the Python types to its column types.
 REQUEST_COLUMNS: dict[str, type] = {
@@ -22,6 +22,7 @@ REQUEST_COLUMNS: dict[str, type] = {
     # The Slack message announcing the record (review.slack): its channel and ts once posted
     # ("" while a process is posting it), and the state the message last showed.
     "slack_channel": str, "slack_ts": str, "slack_shown": str,
+    "digest": str,  # the content digest of what would be forwarded now (request + edits)
 }
 # Who forwards a record in `forwarding` (sql.py, Rule 6), and when each forwarder was last seen.
 CLAIM_COLUMNS: dict[str, type] = {"request_id": str, "owner": str}
@@ -29,11 +30,13 @@ FORWARDER_COLUMNS: dict[str, type] = {"id": str, "seen": float}
 GRANT_COLUMNS: dict[str, type] = {
     "id": str, "agent": str, "method": str, "host": str, "path": str, "created_by": str,
     "request_id": str, "created_at": float, "expires_at": float, "revoked_at": float,
-    "revoked_by": str,
+    "revoked_by": str, "scheme": str, "port": int, "rule": str, "approvals": int, "groups": str,
 }
 DECISION_COLUMNS: dict[str, type] = {
-    "request_id": str, "reviewer": str, "verdict": str, "comment": str, "at": float,
+    "request_id": str, "reviewer": str, "verdict": str, "comment": str, "at": float, "digest": str,
 }
+# Things that may happen once across every process sharing the store (the admin login link).
+ONCE_COLUMNS: dict[str, type] = {"key": str, "at": float}
 COMMENT_COLUMNS: dict[str, type] = {"request_id": str, "author": str, "comment": str, "at": float}
 AUDIT_COLUMNS: dict[str, type] = {
     "seq": int, "at": str, "event": str, "request_id": str, "actor": str, "detail": str,
@@ -44,8 +47,19 @@ AUDIT_COLUMNS: dict[str, type] = {
 TABLES: dict[str, dict[str, type]] = {
     "requests": REQUEST_COLUMNS, "decisions": DECISION_COLUMNS, "comments": COMMENT_COLUMNS,
     "grants": GRANT_COLUMNS, "claims": CLAIM_COLUMNS, "forwarders": FORWARDER_COLUMNS,
-    "audit": AUDIT_COLUMNS,
+    "audit": AUDIT_COLUMNS, "used_once": ONCE_COLUMNS,
 }
+# What a listing reads of a body: enough for a 4 KiB preview (and a split UTF-8 character).
+SUMMARY_BODY_BYTES = 4096 + 4
+
+
+def grant_from_row(row: dict[str, Any]) -> Grant:
+    return Grant(
+        id=row["id"], agent=row["agent"], method=row["method"], host=row["host"], path=row["path"],
+        created_by=row["created_by"], request_id=row["request_id"], created_at=row["created_at"],
+        expires_at=row["expires_at"], revoked_at=row["revoked_at"], revoked_by=row["revoked_by"],
+        scheme=row.get("scheme"), port=row.get("port"), rule=row.get("rule"),
+        approvals=row.get("approvals"), groups=tuple(json.loads(row.get("groups") or "[]")))
 
 
 def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
@@ -74,6 +88,8 @@ def hold_from_row(row: dict[str, Any], decisions: tuple[DecisionEntry, ...],
         forwarded_at=row["forwarded_at"], failure_reason=row["failure_reason"],
         slack_channel=row.get("slack_channel"), slack_ts=row.get("slack_ts"),
         slack_shown=row.get("slack_shown"), purged_at=row.get("purged_at"),
+        body_size=row.get("body_size"), edit_body_size=row.get("edit_body_size"),
+        stored_digest=row.get("digest"),
     )
 
 

@@ -34,15 +34,23 @@ import json
 import os
 import secrets
 import socket
-from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from proxy import mcp
 from proxy.config_types import store_busy_timeout
-from proxy.errors import ConfigError, InvalidTransition, NotFound, StoreError, TooManyPending
-from proxy.model import HoldStatus, OnTimeout, UpstreamResponse, can_transition
-from proxy.redact import SECRET_HEADERS
+from proxy.errors import (
+    BadRequest,
+    ConfigError,
+    DigestMismatch,
+    InvalidTransition,
+    NotFound,
+    StoreError,
+    TooManyPending,
+)
+from proxy.model import AgentRequest, HoldStatus, OnTimeout, UpstreamResponse, can_transition
+from proxy.redact import REDACTED, Redactor, redact_url
 from proxy.store.records import (
     GENESIS,
     AuditRecord,
@@ -53,10 +61,22 @@ from proxy.store.records import (
     new_id,
     rfc3339,
 )
-from proxy.store.rows import audit_from_row, hold_from_row
+from proxy.store.rows import (
+    REQUEST_COLUMNS,
+    SUMMARY_BODY_BYTES,
+    audit_from_row,
+    grant_from_row,
+    hold_from_row,
+)
 from proxy.store.tuning import TuningQueries
 
-REDACTED = "[redacted]"
+# A listing reads a prefix of each body and no stored response: a queue of large holds
+# costs kilobytes, not their bodies (DESIGN §8). substr/length count bytes on a BLOB/BYTEA.
+_SUMMARY_COLUMNS = ", ".join(
+    f"substr({c}, 1, {SUMMARY_BODY_BYTES}) AS {c}" if c in ("body", "edit_body")
+    else f"NULL AS {c}" if c == "response_body" else c
+    for c in REQUEST_COLUMNS
+) + ", COALESCE(length(body), 0) AS body_size, length(edit_body) AS edit_body_size"
 
 AUDIT_PAGE = 1000
 RETENTION_BATCH = 500  # records one retention sweep strips per write transaction
@@ -120,18 +140,9 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     _LIKE = "LIKE"
 
     def __init__(self, secret_headers: frozenset[str]) -> None:
-        self._secrets = SECRET_HEADERS | secret_headers
+        self._redactor = Redactor(secret_headers)
 
-    # -- plumbing, supplied by the backend -----------------------------------------------
-    def _tx(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def _exec(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        raise NotImplementedError
-
-    def _q(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
+    # -- plumbing: _tx, _exec and _q are supplied by the backend (declared in tuning.py) --
     def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         rows = self._q(sql, params)
         return next(iter(rows[0].values())) if rows else None
@@ -212,16 +223,17 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         self._exec(
             "INSERT INTO requests (id, status, fingerprint, agent, agent_address, method, scheme,"
             " host, port, target, headers, body, message, rule, reviewers, approvals_needed,"
-            " grantable, on_timeout, created_at, deadline, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " grantable, on_timeout, created_at, deadline, updated_at, digest)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rec.id, rec.status.value, rec.fingerprint, rec.agent, rec.agent_address,
              req.method, req.scheme, req.host, req.port, req.target,
              json.dumps(list(req.headers)), req.body, rec.message, rec.rule,
              json.dumps(list(rec.reviewers)), rec.approvals_needed, int(rec.grantable),
-             rec.on_timeout.value, rec.created_at, rec.deadline, rec.created_at),
+             rec.on_timeout.value, rec.created_at, rec.deadline, rec.created_at,
+             req.content_digest()),
         )
         self._audit(rec.created_at, "hold", rec.id, rec.agent, {
-            "method": req.method, "url": req.url, "rule": rec.rule, "message": rec.message,
+            "method": req.method, "url": redact_url(req.url), "rule": rec.rule, "message": rec.message,
             "body_sha256": req.body_digest(), "deadline": rfc3339(rec.deadline),
             "reviewers": list(rec.reviewers), "approvals_needed": rec.approvals_needed,
             **_tool(req.body),
@@ -266,6 +278,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     def list_requests(self, *, statuses: list[str] | None = None, agent: str | None = None,
              host: str | None = None, text: str | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[HoldRecord], str | None]:
+        """Summaries, newest first: each body is a prefix (``HoldRecord.is_summary``)."""
         where: list[str] = ["1=1"]
         params: list[Any] = []
         if statuses:
@@ -284,8 +297,8 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         if cursor:
             where.append("id < ?")
             params.append(cursor)
-        rows = self._q(f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-                       [*params, limit + 1])
+        rows = self._q(f"SELECT {_SUMMARY_COLUMNS} FROM requests WHERE {' AND '.join(where)}"
+                       " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
         items = [self._hydrate(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return items, next_cursor
@@ -294,9 +307,18 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     def decide(self, request_id: str, reviewer: str, verdict: str, comment: str, now: float, *,
                edit_body: bytes | None = None, edit_headers: tuple[tuple[str, str | None], ...] = (),
                approval_deadline: float | None = None, audit_detail: dict[str, Any] | None = None,
-               ) -> HoldRecord:
-        """Record one reviewer's approve/reject. Any rejection rejects; the approval that
-        reaches the quorum approves. Edits ride on the approval that carries them."""
+               seen_digest: str | None = None, grant_minutes: int | None = None,
+               reviewer_groups: tuple[str, ...] = ()) -> HoldRecord:
+        """Record one reviewer's approve/reject, all in one transaction (DESIGN §7):
+
+        - ``seen_digest``, when given, must still be the content's digest (else 409).
+        - An edit rides on the approval that carries it and is applied on top of earlier
+          edits; each decision records the digest of the content it decided on, and only
+          approvals of the current content count, so an edit restarts the count.
+        - Any rejection rejects; the approval that reaches the quorum approves, binding
+          ``approved_digest``, and creates the grant ``grant_minutes`` asks for. A grant on
+          an approval that does not complete the quorum is a ``BadRequest``: nothing changes.
+        """
         with self._tx():
             rec = self._must_get(request_id)
             wanted = HoldStatus.REJECTED if verdict == "reject" else HoldStatus.APPROVED
@@ -305,34 +327,54 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             if rec.deadline <= now:  # the deadline won; the deadline loop just has not run yet
                 due = HoldStatus.APPROVED if rec.on_timeout is OnTimeout.ALLOW else HoldStatus.EXPIRED
                 raise InvalidTransition(request_id, due.value, wanted.value)
-            if any(d.reviewer == reviewer for d in rec.decisions):
+            current = rec.forward_request().content_digest()
+            if seen_digest is not None and seen_digest != current:
+                raise DigestMismatch(request_id, current)
+            if verdict == "approve" and reviewer in rec.approved_by:
                 raise InvalidTransition(request_id, rec.status.value, wanted.value,
-                                        f"{reviewer} has already decided it")
-            self._exec(
-                "INSERT INTO decisions (request_id, reviewer, verdict, comment, at) VALUES (?,?,?,?,?)",
-                (request_id, reviewer, verdict, comment, now),
-            )
+                                        f"{reviewer} has already decided it (approved this very content)")
             if edit_body is not None or edit_headers:
-                self._exec(
-                    "UPDATE requests SET edit_body = ?, edit_headers = ?, updated_at = ? WHERE id = ?",
-                    (edit_body, json.dumps(list(edit_headers)) if edit_headers else None, now, request_id),
-                )
+                merged = dict(rec.edit_headers)
+                for name, value in edit_headers:
+                    merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
+                    merged[name] = value
+                rec = replace(rec, edit_body=rec.edit_body if edit_body is None else edit_body,
+                              edit_headers=tuple(merged.items()))
+                digest = rec.forward_request().content_digest()
+                self._exec("UPDATE requests SET edit_body = ?, edit_headers = ?, digest = ?, updated_at = ?"
+                           " WHERE id = ?", (rec.edit_body, json.dumps(list(rec.edit_headers)) if rec.edit_headers else None,
+                                             digest, now, request_id))
+            else:
+                digest = current
+            approvers = [*rec.approved_by, reviewer] if verdict == "approve" else []
+            completes = len(approvers) >= rec.approvals_needed
+            if grant_minutes is not None and not completes:
+                raise BadRequest(
+                    f"grant_minutes is only allowed on the approval that completes the quorum; this "
+                    f"request needs {rec.approvals_needed} approvals of the same content and would have "
+                    f"{len(approvers)}")
+            self._exec(
+                "INSERT INTO decisions (request_id, reviewer, verdict, comment, at, digest) VALUES (?,?,?,?,?,?)",
+                (request_id, reviewer, verdict, comment, now, digest),
+            )
             tool = _tool(rec.request.body)  # an MCP tool call: its tool, in every decision event
             self._audit(now, verdict, request_id, reviewer,
-                        {"comment": comment, **tool, **(audit_detail or {})})
-            approvals = len(rec.approved_by) + (verdict == "approve")
+                        {"comment": comment, "digest": digest, **tool, **(audit_detail or {})})
             if verdict == "reject":
                 self._move(rec, HoldStatus.REJECTED, now, "decided_at = ?", (now,))
                 self._scrub(request_id)
                 self._audit(now, "rejected", request_id, reviewer, tool)
-            elif approvals >= rec.approvals_needed:
-                after = self._must_get(request_id)
-                digest = after.forward_request().content_digest()
+            elif completes:
                 deadline = max(rec.deadline, approval_deadline or rec.deadline)
                 self._move(rec, HoldStatus.APPROVED, now,
                            "decided_at = ?, approved_digest = ?, deadline = ?", (now, digest, deadline))
-                self._audit(now, "approved", request_id, reviewer,
-                            {"approved_by": [*rec.approved_by, reviewer], "digest": digest, **tool})
+                self._audit(now, "approved", request_id, reviewer, {"approved_by": approvers, "digest": digest, **tool})
+                if grant_minutes is not None:
+                    req = rec.request
+                    self._insert_grant(Grant(
+                        new_id(now), rec.agent, req.method, req.host, req.path, reviewer, request_id, now,
+                        now + grant_minutes * 60, scheme=req.scheme, port=req.port, rule=rec.rule,
+                        approvals=rec.approvals_needed, groups=reviewer_groups), grant_minutes)
         return self._must_get(request_id)
 
     def add_comment(self, request_id: str, author: str, comment: str, now: float) -> HoldRecord:
@@ -491,9 +533,10 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     def _scrub(self, request_id: str) -> None:
         row = self._q("SELECT headers, edit_headers FROM requests WHERE id=?", (request_id,))[0]
-        headers = [(n, REDACTED if n.lower() in self._secrets else v) for n, v in json.loads(row["headers"])]
+        secret = self._redactor.is_secret
+        headers = [(n, REDACTED if secret(n) else v) for n, v in json.loads(row["headers"])]
         edits = json.loads(row["edit_headers"]) if row["edit_headers"] else []
-        edits = [(n, REDACTED if (v is not None and n.lower() in self._secrets) else v) for n, v in edits]
+        edits = [(n, REDACTED if (v is not None and secret(n)) else v) for n, v in edits]
         self._exec("UPDATE requests SET headers=?, edit_headers=? WHERE id=?",
                    (json.dumps(headers), json.dumps(edits) if edits else None, request_id))
 
@@ -502,7 +545,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         # rowid breaks ties between entries made in the same instant (PostgreSQL names an
         # identity column so, to match SQLite's implicit one).
         decisions = tuple(
-            DecisionEntry(d["reviewer"], d["verdict"], d["comment"] or "", d["at"])
+            DecisionEntry(d["reviewer"], d["verdict"], d["comment"] or "", d["at"], d.get("digest"))
             for d in self._q("SELECT * FROM decisions WHERE request_id=? ORDER BY at, rowid", (rid,))
         )
         comments = tuple(
@@ -544,22 +587,42 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
 
     # -- grants --------------------------------------------------------------------------
     def add_grant(self, agent: str, method: str, host: str, path: str, minutes: int, by: str,
-                  request_id: str | None, now: float) -> Grant:
-        grant = Grant(new_id(now), agent, method, host, path, by, request_id, now, now + minutes * 60)
+                  request_id: str | None, now: float, *, scheme: str | None = None,
+                  port: int | None = None, rule: str | None = None, approvals: int | None = None,
+                  groups: tuple[str, ...] = ()) -> Grant:
+        grant = Grant(new_id(now), agent, method, host, path, by, request_id, now, now + minutes * 60,
+                      scheme=scheme, port=port, rule=rule, approvals=approvals, groups=groups)
         with self._tx():
-            self._exec(
-                "INSERT INTO grants (id, agent, method, host, path, created_by, request_id, created_at,"
-                " expires_at, revoked_at, revoked_by) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (grant.id, agent, method, host, path, by, request_id, now, grant.expires_at, None, None))
-            self._audit(now, "grant", request_id, by, {"grant_id": grant.id, "agent": agent,
-                        "method": method, "host": host, "path": path, "minutes": minutes})
+            self._insert_grant(grant, minutes)
         return grant
 
-    def find_grant(self, agent: str, method: str, host: str, path: str, now: float) -> Grant | None:
-        rows = self._q("SELECT * FROM grants WHERE agent=? AND method=? AND host=? AND path=?"
-                       " AND revoked_at IS NULL AND expires_at > ? LIMIT 1",
-                       (agent, method, host, path, now))
-        return Grant(**rows[0]) if rows else None
+    def _insert_grant(self, grant: Grant, minutes: int) -> None:
+        g = grant
+        self._exec(
+            "INSERT INTO grants (id, agent, method, host, path, created_by, request_id, created_at,"
+            " expires_at, revoked_at, revoked_by, scheme, port, rule, approvals, groups)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (g.id, g.agent, g.method, g.host, g.path, g.created_by, g.request_id, g.created_at,
+             g.expires_at, None, None, g.scheme, g.port, g.rule, g.approvals, json.dumps(list(g.groups))))
+        self._audit(g.created_at, "grant", g.request_id, g.created_by, {
+            "grant_id": g.id, "agent": g.agent, "method": g.method, "scheme": g.scheme, "host": g.host,
+            "port": g.port, "path": g.path, "rule": g.rule, "approvals": g.approvals, "minutes": minutes})
+
+    def find_grants(self, agent: str, req: AgentRequest, now: float) -> list[Grant]:
+        """The active grants whose request scope (agent, scheme, host, port, method, path)
+        covers ``req``; whether its decision is one they may stand in for, the gate judges."""
+        rows = self._q("SELECT * FROM grants WHERE agent=? AND scheme=? AND host=? AND port=? AND method=?"
+                       " AND path=? AND revoked_at IS NULL AND expires_at > ? ORDER BY id",
+                       (agent, req.scheme, req.host, req.port, req.method, req.path, now))
+        return [grant_from_row(r) for r in rows]
+
+    # -- once ----------------------------------------------------------------------------
+    def use_once(self, key: str, now: float) -> bool:
+        """True for the first caller with ``key``, in any process sharing the store; False
+        for every later one (the insert is the atomic test-and-set)."""
+        with self._tx():
+            return self._exec("INSERT INTO used_once (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                              (key, now)) == 1
 
     def list_grants(self, now: float, include_inactive: bool = False) -> list[Grant]:
         if include_inactive:
@@ -567,7 +630,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         else:
             rows = self._q("SELECT * FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
                            " ORDER BY id DESC", (now,))
-        return [Grant(**r) for r in rows]
+        return [grant_from_row(r) for r in rows]
 
     def revoke_grant(self, grant_id: str, by: str, now: float) -> Grant:
         with self._tx():
@@ -577,7 +640,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
             if moved != 1:
                 raise NotFound(f"no active grant {grant_id}")
             self._audit(now, "revoke_grant", None, by, {"grant_id": grant_id})
-        return Grant(**self._q("SELECT * FROM grants WHERE id=?", (grant_id,))[0])
+        return grant_from_row(self._q("SELECT * FROM grants WHERE id=?", (grant_id,))[0])
 
 
 def _tool(body: bytes) -> dict[str, str]:

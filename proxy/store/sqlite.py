@@ -15,6 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from proxy.errors import StoreError
+from proxy.files import private_dir, private_file
 from proxy.store.rows import (
     AUDIT_COLUMNS,
     CLAIM_COLUMNS,
@@ -22,6 +23,7 @@ from proxy.store.rows import (
     DECISION_COLUMNS,
     FORWARDER_COLUMNS,
     GRANT_COLUMNS,
+    ONCE_COLUMNS,
     REQUEST_COLUMNS,
     TABLES,
 )
@@ -42,7 +44,12 @@ class SqliteBackend(SqlBackend):
         give_up = time.monotonic() + max(busy_timeout, 1.0)
         while True:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                # Held requests carry the agents' credentials: the file is 0600 from the
+                # start, and SQLite gives its -wal and -shm files the database's mode.
+                private_dir(path.parent)
+                private_file(path)
+                for suffix in ("-wal", "-shm", "-journal"):  # left by an older version
+                    private_file(path.with_name(path.name + suffix), create=False)
                 conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                        timeout=busy_timeout)
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -76,6 +83,7 @@ class SqliteBackend(SqlBackend):
         db.table("claims").create(CLAIM_COLUMNS, pk="request_id", if_not_exists=True)
         db.table("forwarders").create(FORWARDER_COLUMNS, pk="id", if_not_exists=True)
         db.table("audit").create(AUDIT_COLUMNS, pk="seq", if_not_exists=True)
+        db.table("used_once").create(ONCE_COLUMNS, pk="key", if_not_exists=True)
         for statement in DECISION_LOG_SCHEMA:  # store/tuning.py
             db.conn.execute(statement)
         self._add_missing_columns()

@@ -8,14 +8,9 @@
   const csrf = meta ? meta.getAttribute("content") : "";
   const page = document.body.dataset.page;
 
-  const LABELS = {
-    pending: "Pending", approved: "Approved", forwarding: "Forwarding", forwarded: "Approved · sent",
-    rejected: "Rejected", expired: "Expired", failed: "Failed",
-  };
-  const TONES = {
-    pending: "wait", approved: "good", forwarding: "good", forwarded: "good",
-    rejected: "bad", expired: "muted", failed: "bad",
-  };
+  // Status labels and badge tones: the server's tables (review_ui/present.py), in the page.
+  const LABELS = JSON.parse(document.body.dataset.statusLabels || "{}");
+  const TONES = JSON.parse(document.body.dataset.statusTones || "{}");
 
   // -- times ------------------------------------------------------------------------------
   function duration(seconds) {
@@ -216,7 +211,10 @@
     }
 
     function buildApproval() {
+      // The digest of the content this page shows: if an edit changed it meanwhile, the
+      // server answers 409 rather than count this approval for bytes not seen here.
       const payload = { comment: comment.value };
+      if (article.dataset.digest) payload.digest = article.dataset.digest;
       if (grant && grant.value) {
         const minutes = Number(grant.value);
         if (!Number.isInteger(minutes) || minutes < 1 || minutes > 10080)
@@ -270,6 +268,7 @@
             throw new Error("Write a comment to reject: it is the feedback the agent receives.");
           }
           url = base + "reject"; payload = { comment: comment.value };
+          if (article.dataset.digest) payload.digest = article.dataset.digest;
         } else {
           if (!comment.value.trim()) { comment.focus(); throw new Error("Write a comment first."); }
           url = base + "comment"; payload = { comment: comment.value };
@@ -310,7 +309,10 @@
                               { headers: { "Accept": "application/json" } });
         if (!r.ok) return;
         const rec = await r.json();
-        if (rec.status !== article.dataset.status && !acting) changedElsewhere();
+        // An edit keeps the status but changes the digest: the bytes shown here are stale.
+        const stale = rec.status !== article.dataset.status ||
+          (rec.digest || "") !== (article.dataset.digest || "");
+        if (stale && !acting) changedElsewhere();
       } catch (err) { /* offline: the next event or reconnect will tell */ }
     });
   }
