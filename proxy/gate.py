@@ -336,7 +336,7 @@ class Gate:
 
     async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
                               now: float) -> Grant | None:
-        """A grant that may stand in for a review of this request (DESIGN §7): its scope
+        """A grant that may stand in for a review of this request (docs/policies.md): its scope
         (agent, scheme, host, port, method, path) covers the request, and the request's own
         decision is a grantable hold of the grant's rule, whose reviewers admit the granting
         reviewer and which needs no more approvals than the grant was made with."""
