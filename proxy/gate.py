@@ -242,11 +242,11 @@ class Gate:
                                 exc.extra.get("reviewer"), exc.extra.get("comment"))
         sse = mcp.wants_sse(req.header("accept"), self.mcp_streams.streams(mcp.endpoint(req)))
         ctype, body = mcp.answer(rpc, text, exc.code, sse)
-        extra = [("X-HITL-Error", exc.code)]
+        extra = [("X-HITL-Error", exc.code), *exc.headers]
         if exc.retry_after is not None:
             extra.append(("Retry-After", str(exc.retry_after)))
         return Reply(rid, 200, "OK", [("Content-Type", ctype), ("Cache-Control", "no-store")],
-                     body=body, replayed=bool(exc.extra.get("replayed")), extra_headers=extra)
+                     body=body, extra_headers=extra)
 
     def _mcp_readdress(self, req: AgentRequest, rpc: mcp.Message, reply: Reply) -> Reply:
         ctype = mcp.header(reply.headers, "content-type")
@@ -336,7 +336,7 @@ class Gate:
 
     async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
                               now: float) -> Grant | None:
-        """A grant that may stand in for a review of this request (DESIGN §7): its scope
+        """A grant that may stand in for a review of this request (docs/policies.md): its scope
         (agent, scheme, host, port, method, path) covers the request, and the request's own
         decision is a grantable hold of the grant's rule, whose reviewers admit the granting
         reviewer and which needs no more approvals than the grant was made with."""
@@ -497,8 +497,9 @@ class Gate:
 
     async def finish_forwards(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the forwards of approved holds in flight."""
-        if self._forwards:
-            await asyncio.wait(list(self._forwards.values()), timeout=timeout)
+        running = [*self._forwards.values(), *self._relays]  # relays: answers still streaming
+        if running:
+            await asyncio.wait(running, timeout=timeout)
 
     async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
         event = self._wakeups.setdefault(request_id, asyncio.Event())
