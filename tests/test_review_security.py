@@ -1,4 +1,4 @@
-"""Attacks on the review side of a real hitl-proxy (DESIGN §7, §8; issue 12): grants that
+"""Attacks on the review side of a real hitl-proxy (issue 12): grants that
 cross rules, a last approver who changes the bytes, bad header edits, self-approval, secret
 leaks, huge held bodies, duplicate identity headers, one-time login links, guessable logins
 and world-readable state. Agents and reviewers talk to it through real sockets; a recording
