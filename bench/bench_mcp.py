@@ -84,13 +84,15 @@ def policy(before: str, rounds: int) -> None:
                 text = subprocess.run(["git", "-C", str(ROOT), "show", f"{before}:policies/{name}"],
                                       capture_output=True, text=True, check=True).stdout
                 (old / name).write_text(text)
+        # The same policies twice: their difference is what load on the machine alone makes.
         engines = {"without mcp.rego": EmbeddedEngine.load([old]),
-                   "with mcp.rego": EmbeddedEngine.load([ROOT / "policies"])}
+                   "with mcp.rego": EmbeddedEngine.load([ROOT / "policies"]),
+                   "without, again": EmbeddedEngine.load([old])}
         cases = {name: build_input(req, AGENT, 1795000000.0) for name, req in requests().items()
                  if not name.startswith("MCP")}
         print(f"\n2. one policy evaluation, decision cache off (median of {rounds:,}, µs; the two")
         print("   policy sets alternate, so load on the machine weighs on both alike)")
-        print(f"{'request':<20} " + " ".join(f"{k:>18}" for k in engines) + f" {'difference':>11}")
+        print(f"{'request':<20} " + " ".join(f"{k:>18}" for k in engines) + f" {'with-without':>12} {'noise (A/A)':>11}")
         for engine in engines.values():
             engine._cache = None  # every evaluation runs rego-cpp
         for name, doc in cases.items():
@@ -101,7 +103,8 @@ def policy(before: str, rounds: int) -> None:
                     engine._evaluate(engine._entrypoint, doc)
                     samples[key].append(time.perf_counter_ns() - started)
             row = [statistics.median(v) / 1000 for v in samples.values()]
-            print(f"{name:<20} " + " ".join(f"{v:>18.1f}" for v in row) + f" {row[1] - row[0]:>+11.1f}")
+            print(f"{name:<20} " + " ".join(f"{v:>18.1f}" for v in row)
+                  + f" {row[1] - row[0]:>+11.1f} {row[2] - row[0]:>+11.1f}")
 
 
 def main() -> None:

@@ -224,6 +224,8 @@ def _flag(key: str, default: bool, help: str) -> Setting:
 
 
 _HASH = '"$argon2id$v=19$m=65536,t=3,p=4$..."'
+# What `hitl-proxy new-token` prints (an argon2 hash, as configs had before, works too).
+_TOKEN_HASH = '"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"'
 _SLACK = '"https://hooks.slack.com/services/..."'
 
 # In the order of config.example.yaml, which follows this order.
@@ -257,7 +259,7 @@ SETTINGS: tuple[Setting, ...] = (
     _flag("proxy.require_agent_auth", False,
           "Refuse agents without Proxy-Authorization: Basic id:token (407)."),
     Setting("proxy.agents", [], "Agents and their token hashes (see `hitl-proxy new-token NAME`).",
-            _plain(parse_agents), f"[{{id: billing-agent, token_hash: {_HASH}}}]"),
+            _plain(parse_agents), f"[{{id: billing-agent, token_hash: {_TOKEN_HASH}}}]"),
     Setting("proxy.routes", {}, "Reverse routes: http://PROXY/NAME/... is forwarded to URL/...",
             _plain(parse_routes), '{stripe: "https://api.stripe.com"}'),
     Setting("proxy.secret_headers", [],
@@ -272,7 +274,7 @@ SETTINGS: tuple[Setting, ...] = (
             f"[{{name: alice, password_hash: {_HASH}, groups: [finance], slack: U0123ABCD}}]"),
     Setting("review.tokens", [], "API tokens; a token acts as the reviewer of its name.",
             _plain(parse_principals(TokenCredential, "token_hash")),
-            f"[{{name: ops-bot, token_hash: {_HASH}, groups: [ops]}}]"),
+            f"[{{name: ops-bot, token_hash: {_TOKEN_HASH}, groups: [ops]}}]"),
     Setting("review.trusted_header", None,
             "Take the reviewer from headers set by an authenticating proxy in front.",
             _plain(parse_trusted_header),

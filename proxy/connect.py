@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import h11
@@ -38,7 +36,6 @@ from proxy.config import Settings
 from proxy.errors import BadRequest, DeniedByPolicy, GateError, PolicyError, UpstreamError
 from proxy.gate import Gate
 from proxy.http1 import ClientGone, HTTPConnection
-from proxy.logs import note
 from proxy.model import Action, Agent, Decision
 from proxy.policy.input import canonical_host, connect_input
 from proxy.tunnel import CAN_SPLICE, Tunnel, detach, dial
@@ -108,21 +105,10 @@ class ConnectHandler:
     # -- judging -------------------------------------------------------------------------
     async def _judge(self, host: str, port: int, agent: Agent, request_id: str) -> Decision:
         doc = connect_input(host, port, agent, self.gate.clock())
-        started = time.perf_counter()
-        try:
-            decision = await self.gate.policy.decide(doc)
-        except PolicyError as exc:
-            self.gate.metrics.requests.labels("error", "policy_error").inc()
-            note(agent=agent.id, action="error", rule="policy_error")
-            log.error("policy error for CONNECT %s:%s: %s", host, port, exc.message)
-            raise PolicyError(f"the policy could not decide, so the tunnel was not opened: {exc.message}",
-                              request_id=request_id) from exc
-        finally:
-            self.gate.metrics.policy_eval.observe(time.perf_counter() - started)
-        if self.gate.shadowed(decision, agent, "CONNECT", host, port, "", request_id, self.gate.clock()):
-            decision = replace(decision, action=Action.ALLOW)  # recorded as would-be; let through
-        self.gate.metrics.requests.labels(decision.action.value, decision.rule).inc()
-        note(agent=agent.id, action=decision.action.value, rule=decision.rule)  # the access line
+        decision = await self.gate.account(
+            lambda: self.gate.policy.decide(doc), agent, request_id, "CONNECT", host, port, "",
+            access={}, what=f"CONNECT {host}:{port}", record=None,
+            refused=lambda problem: f"the policy could not decide, so the tunnel was not opened: {problem}")
         if decision.action is Action.DENY:
             raise DeniedByPolicy(decision.message or f"tunnels to {host}:{port} are denied by policy",
                                  request_id=request_id, rule=decision.rule)

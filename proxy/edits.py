@@ -1,4 +1,4 @@
-"""What a reviewer's edit may change: checked when approving, so that a bad
+"""What a reviewer's edit may change (docs/policies.md): checked when approving, so that a bad
 edit is a 400 that changes nothing, never a record that fails at forward time.
 
 Header names must be RFC 9110 tokens; values visible ASCII, spaces and tabs (no CR, LF or

@@ -14,7 +14,9 @@ Rule 4. Only the holder of a successful ``claim`` forwards, exactly the bytes wh
         waits on that record receives the stored response (``X-HITL-Replayed``).
 Rule 5. The forward of an approved request runs shielded from the agent's connection: an
         agent that hangs up mid-forward does not leave a record stuck in ``forwarding``.
-Rule 6. Deadlines are enforced by ``run_deadlines`` whether or not an agent waits.
+Rule 6. Deadlines are enforced by ``Sweepers.run_deadlines`` (sweepers.py) whether or not an
+        agent waits; what other processes change reaches this one through ``ChangeFeed``
+        (change_feed.py).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy import mcp
+from proxy.change_feed import ChangeFeed
 from proxy.config import Settings
 from proxy.decision_log import DecisionRecorder, ShadowEvent
 from proxy.edits import check_header_edits
@@ -65,21 +68,18 @@ from proxy.redact import REDACTED, Redactor, redact_url
 from proxy.relay import Relay, Rewritten, Stream
 from proxy.store import AsyncStore
 from proxy.store.records import Grant, HoldRecord, new_id
-from proxy.store.sql import HEARTBEAT_SECONDS, RETENTION_BATCH, new_owner
-from proxy.upstream import OpenResponse, Upstream
+from proxy.store.sql import new_owner
+from proxy.sweepers import Sweepers
+from proxy.upstream_client import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.upstream import OpenResponse
 
 log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
-RETENTION_SWEEP_SECONDS = 60.0
-RETENTION_BATCHES = 20  # per sweep: 10,000 records, in write transactions of RETENTION_BATCH
 POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
-WATCH_SECONDS = 0.25  # watch_store reads the audit log this often (only with processes sharing a store)
 ANNOUNCED_LIMIT = 10_000
-GRANT_EVENTS = {"grant": "grant_created", "revoke_grant": "grant_revoked"}  # audit event → UI event
-# The audit events that leave a record in a new status, and that status.
-AUDITED_STATUS = {"hold": "pending", "approved": "approved", "rejected": "rejected", "expired": "expired",
-                  "forwarding": "forwarding", "forwarded": "forwarded", "failed": "failed"}
 
 
 class Forbidden(GateError):
@@ -112,7 +112,7 @@ class Reply:
 
 class Gate:
     def __init__(self, *, settings: Settings, policy: PolicyEngine, store: AsyncStore,
-                 upstream: Upstream, metrics: Metrics | None = None, events: EventBus | None = None,
+                 upstream: UpstreamClient, metrics: Metrics | None = None, events: EventBus | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.policy = policy  # swapped atomically by a policy reload
@@ -126,7 +126,9 @@ class Gate:
         self._redactor = Redactor(settings.proxy.secret_headers)
         self._wakeups: dict[str, asyncio.Event] = {}
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
-        self._announced: dict[tuple[str, str], None] | None = None  # see watch_store
+        self._announced: dict[tuple[str, str], None] | None = None  # see ChangeFeed.watch
+        self.sweepers = Sweepers(self)  # deadlines, interrupted forwards, retention, heartbeat
+        self.feed = ChangeFeed(self)  # what other processes sharing the store change
         self._forwards: dict[str, asyncio.Task[Reply]] = {}
         self.stopping = False  # set by begin_shutdown: waiters answer approval_pending now
         self.mcp_streams = mcp.StreamMemory()  # which MCP endpoints answer with event streams
@@ -139,33 +141,52 @@ class Gate:
     # -- the data plane's entry ----------------------------------------------------------
     async def judge(self, req: AgentRequest, agent: Agent, request_id: str,
                     doc: dict[str, Any] | None = None, rpc: mcp.Message | None = None) -> Decision:
+        if doc is None:
+            doc = self.policy_input(req, agent, self.clock())
+        policy_doc = doc
+
+        async def ask() -> Decision:
+            if rpc is None:
+                return await self.policy.decide(policy_doc)
+            # each call of a JSON-RPC message judged on its own; the strictest wins
+            return mcp.strictest([await self.policy.decide({**policy_doc, "mcp": call})
+                                  for call in rpc.policy_inputs()])
+
+        return await self.account(
+            ask, agent, request_id, req.method, req.host, req.port, req.path,
+            access={"host": req.authority, "path": req.path},
+            what=f"{req.method} {req.authority}{req.path}",
+            refused=lambda problem: (f"The gate's policy could not decide, so this request was not sent "
+                                     f"(fail closed): {problem}. Retrying will not help until an operator "
+                                     "fixes the policy."),
+            # An MCP message is judged per call (input.mcp); the log keeps every call's, for replay.
+            record=doc if rpc is None else {**doc, "mcp_calls": rpc.policy_inputs()})
+
+    async def account(self, ask: Callable[[], Awaitable[Decision]], agent: Agent, request_id: str,
+                      method: str, host: str, port: int, path: str, *, access: dict[str, Any],
+                      what: str, refused: Callable[[str], str],
+                      record: dict[str, Any] | None) -> Decision:
+        """The one judge's accounting, for requests and for CONNECTs (connect.py): the policy's
+        time, a policy error counted and refused (fail closed), shadow mode, the decision's
+        count and the access line, and (``record``) the decision log."""
         started = time.perf_counter()
         now = self.clock()
         try:
-            if doc is None:
-                doc = self.policy_input(req, agent, now)
-            if rpc is None:
-                decision = await self.policy.decide(doc)
-            else:  # each call of a JSON-RPC message judged on its own; the strictest wins
-                decision = mcp.strictest([await self.policy.decide({**doc, "mcp": call})
-                                          for call in rpc.policy_inputs()])
+            decision = await ask()
         except PolicyError as exc:
             self.metrics.requests.labels("error", "policy_error").inc()
-            note(agent=agent.id, host=req.authority, path=req.path, action="error", rule="policy_error")
-            log.error("policy error for %s %s%s: %s", req.method, req.authority, req.path, exc.message)
-            raise PolicyError(f"The gate's policy could not decide, so this request was not sent "
-                              f"(fail closed): {exc.message}. Retrying will not help until an operator "
-                              "fixes the policy.", request_id=request_id) from exc
+            note(agent=agent.id, **access, action="error", rule="policy_error")
+            log.error("policy error for %s: %s", what, exc.message)
+            raise PolicyError(refused(exc.message), request_id=request_id) from exc
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
-        shadowed = self.shadowed(decision, agent, req.method, req.host, req.port, req.path, request_id, now)
-        # An MCP message is judged per call (input.mcp); the log keeps every call's, for replay.
-        self.recorder.judged(doc if rpc is None else {**doc, "mcp_calls": rpc.policy_inputs()},
-                             decision, now, shadowed)
+        shadowed = self.shadowed(decision, agent, method, host, port, path, request_id, now)
+        if record is not None:
+            self.recorder.judged(record, decision, now, shadowed)
         if shadowed:
             decision = replace(decision, action=Action.ALLOW)
         self.metrics.requests.labels(decision.action.value, decision.rule).inc()
-        note(agent=agent.id, host=req.authority, path=req.path, action=decision.action.value, rule=decision.rule)
+        note(agent=agent.id, **access, action=decision.action.value, rule=decision.rule)
         return decision
 
     def policy_input(self, req: AgentRequest, agent: Agent, now: float) -> dict[str, Any]:
@@ -221,11 +242,11 @@ class Gate:
                                 exc.extra.get("reviewer"), exc.extra.get("comment"))
         sse = mcp.wants_sse(req.header("accept"), self.mcp_streams.streams(mcp.endpoint(req)))
         ctype, body = mcp.answer(rpc, text, exc.code, sse)
-        extra = [("X-HITL-Error", exc.code)]
+        extra = [("X-HITL-Error", exc.code), *exc.headers]
         if exc.retry_after is not None:
             extra.append(("Retry-After", str(exc.retry_after)))
         return Reply(rid, 200, "OK", [("Content-Type", ctype), ("Cache-Control", "no-store")],
-                     body=body, replayed=bool(exc.extra.get("replayed")), extra_headers=extra)
+                     body=body, extra_headers=extra)
 
     def _mcp_readdress(self, req: AgentRequest, rpc: mcp.Message, reply: Reply) -> Reply:
         ctype = mcp.header(reply.headers, "content-type")
@@ -315,7 +336,7 @@ class Gate:
 
     async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
                               now: float) -> Grant | None:
-        """A grant that may stand in for a review of this request: its scope
+        """A grant that may stand in for a review of this request (docs/policies.md): its scope
         (agent, scheme, host, port, method, path) covers the request, and the request's own
         decision is a grantable hold of the grant's rule, whose reviewers admit the granting
         reviewer and which needs no more approvals than the grant was made with."""
@@ -476,8 +497,9 @@ class Gate:
 
     async def finish_forwards(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the forwards of approved holds in flight."""
-        if self._forwards:
-            await asyncio.wait(list(self._forwards.values()), timeout=timeout)
+        running = [*self._forwards.values(), *self._relays]  # relays: answers still streaming
+        if running:
+            await asyncio.wait(running, timeout=timeout)
 
     async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
         event = self._wakeups.setdefault(request_id, asyncio.Event())
@@ -494,7 +516,7 @@ class Gate:
         self.events.publish({"type": "changed", "id": request_id, "status": status, **extra})
 
     def _announce(self, request_id: str, status: str) -> None:
-        if self._announced is not None:  # watch_store runs: let it skip what we made
+        if self._announced is not None:  # the change feed runs: let it skip what we made
             self._announced[(request_id, status)] = None
             if len(self._announced) > ANNOUNCED_LIMIT:
                 del self._announced[next(iter(self._announced))]
@@ -555,88 +577,6 @@ class Gate:
         self._changed(request_id, rec.status.value, reviewer=reviewer.name)
         return rec
 
-    # -- background duties ---------------------------------------------------------------
-    async def recover(self) -> None:
-        for rec in await self.store.recover(self.clock(), self.owner):
-            log.warning("%s was being forwarded by a process that stopped; marked failed (interrupted), "
-                        "not re-sent", rec.id)
-            self._changed(rec.id, "failed")
-
-    async def run_heartbeat(self, interval: float = HEARTBEAT_SECONDS) -> None:
-        """While this process may forward, tell the store it lives (store/sql.py, Rule 6)."""
-        while True:
-            try:
-                await self.store.heartbeat(self.owner, self.clock())
-            except StoreError as exc:
-                log.warning("cannot record this forwarder's heartbeat: %s", exc)
-            await asyncio.sleep(interval)
-
-    async def expire_due(self) -> None:
-        for rec in await self.store.expire_due(self.clock(), self.settings.hold.timeout):
-            # Counted once, when the deadline decided a pending record (→ expired, or → approved
-            # by on_timeout: allow); not when an approval whose agent never came back lapses.
-            if rec.status is HoldStatus.APPROVED or rec.approved_digest is None:
-                self.metrics.decisions.labels("expired", rec.rule).inc()
-                log_decision(rec.id, "expired", rec.rule, rec.agent, "timeout", self.clock() - rec.created_at)
-            else:
-                log.info("%s reached its deadline: now %s", rec.id, rec.status.value)
-            self._changed(rec.id, rec.status.value)
-
-    async def watch_store(self, interval: float = WATCH_SECONDS) -> None:
-        """Follow the changes other processes sharing the store make (``proxy.workers``,
-        ``--role``), read from the audit log: wake this process's agents waiting on those
-        records now rather than at their next poll, and tell the review UI's live stream.
-        Changes made here were announced when made, and are skipped."""
-        self._announced = {}
-        seen: int | None = None
-        while True:
-            try:
-                if seen is None:
-                    seen = await self.store.audit_head()
-                else:
-                    for rec in await self.store.audit_list(after=seen, limit=1000):
-                        seen = rec.seq
-                        if rec.event in GRANT_EVENTS:  # for the grants page; a repeat only refreshes it
-                            self.events.publish({"type": GRANT_EVENTS[rec.event],
-                                                 "id": rec.detail.get("grant_id")})
-                            continue
-                        status = AUDITED_STATUS.get(rec.event)
-                        if rec.request_id is None or status is None:
-                            continue
-                        if (rec.request_id, status) in self._announced:
-                            del self._announced[(rec.request_id, status)]
-                            continue
-                        event = self._wakeups.pop(rec.request_id, None)
-                        if event is not None:
-                            event.set()
-                        self.events.publish({"type": "changed", "id": rec.request_id, "status": status})
-            except StoreError as exc:
-                log.warning("cannot follow the store's changes: %s", exc)
-            await asyncio.sleep(interval)
-
-    async def run_deadlines(self, interval: float = 0.5) -> None:
-        """Deadlines, (every ``HEARTBEAT_SECONDS``) forwards whose process is gone, and
-        (every minute, or every ``store.retention`` when shorter) the retention sweep."""
-        swept = purged = time.monotonic()
-        purge_every = min(RETENTION_SWEEP_SECONDS, self.settings.store.retention)
-        while True:
-            try:
-                await self.expire_due()
-                if time.monotonic() - swept >= HEARTBEAT_SECONDS:
-                    swept = time.monotonic()
-                    await self.recover()
-                if time.monotonic() - purged >= purge_every:
-                    purged = time.monotonic()
-                    await self.purge_finished()
-            except StoreError as exc:
-                log.error("cannot apply deadlines: %s", exc)
-            await asyncio.sleep(interval)
-
-    async def purge_finished(self) -> None:
-        """store.retention: a bounded number of batches a sweep; the next sweep goes on."""
-        for _ in range(RETENTION_BATCHES):
-            if await self.store.purge_finished(self.clock(), self.settings.store.retention) < RETENTION_BATCH:
-                return
 
 
 def denial(message: str) -> str:

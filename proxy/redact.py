@@ -1,6 +1,6 @@
 """Secrets are never shown: not to the policy, the review API, the UI, the audit or the CLI.
 
-These are the classes of secrets, and this module is the one place that knows them:
+The README (Security model) names the classes, and this module is the one place that knows them:
 
 - headers: ``authorization``, ``proxy-authorization``, ``cookie``, ``set-cookie``,
   ``x-api-key``, any name containing ``token``, ``secret``, ``api-key``/``apikey``,

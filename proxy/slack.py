@@ -17,7 +17,7 @@ Rule 2. The store says what was posted: a record's ``slack_ts`` is claimed (set 
 Rule 3. One sync per record at a time: a change that arrives while a record's message is
         being posted or updated runs again after it, so the message ends in the record's
         latest state, whoever decided (web UI, API, CLI, Slack, the deadline, another
-        process — ``Gate.watch_store`` feeds their changes into the same bus).
+        process — ``ChangeFeed.watch`` feeds their changes into the same bus).
 Rule 4. Only the process that serves the review app (``--role all|review``, the primary
         when ``proxy.workers`` > 1) runs this; workers never post.
 """

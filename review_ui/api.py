@@ -131,7 +131,7 @@ class ReviewAPI:
         return JSONResponse(request_json(rec, self.secret_headers, reviewer))
 
     async def get_body(self, request: Request, reviewer: Reviewer) -> Response:
-        """The raw body bytes, which the JSON records cap. Agent-controlled
+        """The raw body bytes, which the JSON records cap (the review API). Agent-controlled
         content on the review origin: a download, never rendered (attachment, nosniff, a
         sandboxing CSP), under the body's own media type when it is a well-formed one."""
         rec = await self.gate.store.get(request.path_params["id"])
@@ -251,7 +251,7 @@ def _str(data: dict[str, Any], key: str) -> str:
 
 
 def _digest(data: dict[str, Any]) -> str | None:
-    """The optional ``digest`` of a decision: the content the reviewer saw."""
+    """The optional ``digest`` of a decision: the content the reviewer saw (docs/policies.md)."""
     value = data.get("digest")
     if value is None:
         return None

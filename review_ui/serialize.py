@@ -9,7 +9,7 @@ from proxy.model import Reviewer, utf8_text
 from proxy.redact import redact_headers, redact_url
 from proxy.store.records import AuditRecord, Grant, HoldRecord, rfc3339
 
-LIST_BODY_BYTES = 4096  # body_text of a listed item
+LIST_BODY_BYTES = 4096  # body_text of a listed item (the review API)
 DETAIL_BODY_BYTES = 1024 * 1024  # body_text of one request; the rest at /api/requests/{id}/body
 
 
@@ -28,7 +28,7 @@ def _text(body: bytes, limit: int, size: int) -> tuple[str | None, bool]:
 
 
 def may_decide(viewer: Reviewer, rec: HoldRecord) -> bool:
-    """Eligible by the policy's ``reviewers``, and not the agent itself."""
+    """Eligible by the policy's ``reviewers``, and not the agent itself (docs/policies.md)."""
     return viewer.name != rec.agent and viewer.may_decide(rec.reviewers)
 
 

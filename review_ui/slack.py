@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.errors import GateError, InvalidTransition, StoreError
+from proxy.errors import DigestMismatch, GateError, InvalidTransition, StoreError
 from proxy.gate import Gate
 from proxy.model import HoldStatus, Reviewer, Verdict
 from proxy.slack import SlackChannel, SlackError
@@ -132,7 +132,8 @@ class SlackInteractions:
                 await self._open_reject_form(rec, digest, payload, reply)
                 return
             grant = GRANT_MINUTES if action_id == ACTION_GRANT else None
-            await self._decide(rec.id, reviewer, Verdict("approve", reviewer.name, "", grant_minutes=grant), reply)
+            await self._decide(rec.id, reviewer, Verdict("approve", reviewer.name, "", grant_minutes=grant,
+                                                         digest=digest or None), reply)
         except StoreError:
             await reply("The review store is unavailable right now; nothing was decided. Try again.")
 
@@ -150,7 +151,9 @@ class SlackInteractions:
                 return
             reviewer = self._reviewer(payload)
             assert reviewer is not None
-            await self._decide(rec.id, reviewer, Verdict("reject", reviewer.name, comment.strip()), reply)
+            digest = str(meta.get("digest") or "") or None
+            await self._decide(rec.id, reviewer, Verdict("reject", reviewer.name, comment.strip(), digest=digest),
+                               reply)
         except StoreError:
             await reply("The review store is unavailable right now; nothing was decided. Try again.")
 
@@ -173,6 +176,10 @@ class SlackInteractions:
         if rec.status is not HoldStatus.PENDING:
             await reply(decided_by(rec))
             self.channel.schedule(rec.id)  # the message may lag behind: bring it in step
+            return None
+        if reviewer.name == rec.agent:  # before the reject form opens; the gate refuses it anyway
+            await reply(f"You ({escape(reviewer.name)}) are the agent that sent this request, so you may "
+                        "not decide it; nothing changed.")
             return None
         if not reviewer.may_decide(rec.reviewers):
             await reply(f"You ({escape(reviewer.name)}) may not decide this request, so nothing changed; "
@@ -199,6 +206,11 @@ class SlackInteractions:
     async def _decide(self, request_id: str, reviewer: Reviewer, verdict: Verdict, reply: _Reply) -> None:
         try:
             rec = await self.gate.review(request_id, reviewer, verdict)
+        except DigestMismatch:
+            await reply("This request changed since the message showed it, so nothing changed. "
+                        f"Look again: <{self.public_url}/requests/{request_id}|open it>.")
+            self.channel.schedule(request_id)
+            return
         except InvalidTransition:
             now = await self.gate.store.get(request_id)
             if now is not None and now.status is not HoldStatus.PENDING:

@@ -219,3 +219,25 @@ def test_an_approved_request_is_checked_again_when_it_is_forwarded(hitl: Hitl, u
     assert upstream.count() == 0
     with hitl.api() as api:
         assert api.get(f"/api/requests/{item['id']}").json()["status"] == "failed"
+
+
+DENY_ALL = '''
+package hitl
+
+import rego.v1
+
+decision := {"action": "deny", "message": "nothing leaves", "rule": "test.deny_all"}
+'''
+
+
+def test_the_destination_is_checked_before_the_policy_for_plain_connect_and_routes(make_hitl: Any) -> None:
+    hitl = make_hitl({"proxy.routes": {"meta": "http://169.254.169.254"}}, policy=DENY_ALL)
+    with hitl.agent() as agent:
+        plain = agent.get("http://10.20.30.40/")
+        public = agent.get("http://93.184.215.14/")  # a public address: now the policy speaks
+    routed = httpx.get(hitl.proxy_url + "/meta/latest", trust_env=False)
+    status, _, connect = raw_exchange(hitl, b"CONNECT 10.20.30.40:443 HTTP/1.1\r\nHost: 10.20.30.40:443\r\n\r\n")
+    assert_gate_error(plain, 403, "destination_blocked")
+    assert_gate_error(routed, 403, "destination_blocked")
+    assert status == 403 and connect["error"]["code"] == "destination_blocked"
+    assert assert_gate_error(public, 403, "denied_by_policy")["rule"] == "test.deny_all"

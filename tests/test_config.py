@@ -26,6 +26,7 @@ from proxy.config import (
     sqlite_path,
 )
 from proxy.config_types import parse_duration, parse_hostport, parse_size
+from proxy.credentials import token_hash
 from proxy.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +116,7 @@ def test_example_snippets_are_valid(tmp_path: Path) -> None:
         else:
             kept.append(line)
     settings = load_settings(write(tmp_path, "\n".join(kept)), env={})
-    assert settings.proxy.agents == (AgentCredential("billing-agent", HASH),)
+    assert settings.proxy.agents == (AgentCredential("billing-agent", token_hash("test")),)
     assert settings.proxy.routes == (("stripe", "https://api.stripe.com"),)
     assert settings.review.trusted_header is not None
     assert settings.notify.webhooks[0].format == "slack"
@@ -392,6 +393,9 @@ BAD = [
     ("proxy:\n  intercept_tls: 1", "proxy.intercept_tls", "is not a boolean"),
     ("hold:\n  on_timeout: maybe", "hold.on_timeout", "is not one of deny | allow"),
     ("hold:\n  max_pending_per_agent: 0", "hold.max_pending_per_agent", "too small (expected 1"),
+    ("proxy:\n  agents: [{id: a, token_hash: \"sha256:abc\"}]", "proxy.agents[0].token_hash", "not a sha256 token hash"),
+    ("review:\n  users: [{name: a, password_hash: \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"}]",
+     "review.users[0].password_hash", "not an argon2 hash"),
     ("hold:\n  max_pending_per_agent: 2.5", "hold.max_pending_per_agent", "not a whole number"),
     ("policy:\n  engine: wasm", "policy.engine", "is not one of embedded | opa"),
     ("policy:\n  paths: ./policies", "policy.paths", "expected a list"),

@@ -486,11 +486,11 @@ def test_approved_but_agent_gone_stays_approved_until_its_deadline(rig: GateRig)
     rec = rig.review(rid, "approve")
     assert rec.deadline == rig.clock.now + HOLD_TIMEOUT  # the approval reset the deadline
     rig.clock.now += HOLD_TIMEOUT - 1
-    rig.run(rig.gate.expire_due())
+    rig.run(rig.gate.sweepers.expire_due())
     rig.restart()
     assert rig.get(rid).status is HoldStatus.APPROVED  # still there for the agent's retry
     rig.clock.now += 2
-    rig.run(rig.gate.expire_due())
+    rig.run(rig.gate.sweepers.expire_due())
     assert rig.get(rid).status is HoldStatus.EXPIRED
     assert isinstance(rig.send(req), ApprovalPending)  # a new hold, not a forward
     assert rig.upstream.count("/hold/gone") == 0
@@ -510,11 +510,11 @@ def test_retry_racing_the_deadline_sweep_is_not_forwarded(rig: GateRig) -> None:
 # -- 4. the forwarded bytes are the reviewed bytes -----------------------------------------
 
 def test_changes_made_by_another_process_reach_this_ones_live_stream(rig: GateRig) -> None:
-    """Gate.watch_store: what another process sharing the store does (a hold, an approval, a
+    """ChangeFeed.watch: what another process sharing the store does (a hold, an approval, a
     grant) reaches this process's UI stream."""
     gate = rig.gate
     queue = gate.events.subscribe()
-    watching = rig.loop.create_task(gate.watch_store(interval=0.01))
+    watching = rig.loop.create_task(gate.feed.watch(interval=0.01))
     try:
         rig.run(asyncio.sleep(0.1))  # it has read the audit head
         other = SqliteBackend(Path(rig.settings.store.url.removeprefix("sqlite:///")))  # "another process"

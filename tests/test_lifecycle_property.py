@@ -100,7 +100,7 @@ class GateRig:
         backend = SqliteBackend(Path(s.store.url.removeprefix("sqlite:///")), busy_timeout=5)
         gate = Gate(settings=s, policy=self.shared.policy, store=AsyncStore(backend),
                     upstream=self.shared.http, clock=self.clock)
-        self.run(gate.recover())
+        self.run(gate.sweepers.recover())
         return gate
 
     def run(self, coro: Any) -> Any:
@@ -222,7 +222,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule()
     def deadline_sweep(self) -> None:
-        self.rig.run(self.rig.gate.expire_due())
+        self.rig.run(self.rig.gate.sweepers.expire_due())
         for rec in self.rig.all_records():
             if rec.status in (HoldStatus.PENDING, HoldStatus.APPROVED):
                 assert rec.deadline > self.rig.clock(), "a due record survived the sweep"

@@ -285,13 +285,17 @@ def test_rejected_call_is_an_error_result_carrying_the_comment(
 
     threading.Thread(target=reject_when_held, daemon=True).start()
 
-    async def call(s: ClientSession) -> Any:
-        return await s.call_tool("send_email", {"to": "ceo@example.com", "subject": "Numbers"})
+    async def call_twice(s: ClientSession) -> tuple[Any, Any]:
+        args = {"to": "ceo@example.com", "subject": "Numbers"}
+        return await s.call_tool("send_email", args), await s.call_tool("send_email", args)
 
-    result = run(with_session(mcp_server.url, call))
+    result, retried = run(with_session(mcp_server.url, call_twice))
     assert result.is_error
     assert "rejected" in text_of(result) and "did NOT run" in text_of(result)
     assert "not to the CEO, send it to finance@example.com" in text_of(result)
+    # The refusal is remembered: the retry gets it again, and no new review item.
+    assert retried.is_error and "not to the CEO, send it to finance@example.com" in text_of(retried)
+    assert len(all_items(hitl)) == 1
     assert mcp_server.count("send_email") == 0
 
 

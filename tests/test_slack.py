@@ -577,3 +577,37 @@ def test_a_hold_whose_post_failed_is_posted_once_when_slack_is_back(
 def _posted_ts(hitl: Hitl, request_id: str) -> str | None:
     rec = hitl.call(hitl.runtime.store.get(request_id))
     return None if rec is None else rec.slack_ts  # type: ignore[no-any-return]
+
+
+def test_a_click_on_content_edited_since_the_message_changes_nothing(gate: Hitl, slack: FakeSlack,
+                                                                     upstream: Upstream) -> None:
+    _thread, _box, rid = hold(gate, upstream, "/hold/pay?approvals=2")
+    message = posted(slack)
+    with api(gate) as client:  # carol approves an edited body: what Slack showed is stale now
+        r = client.post(f"/api/requests/{rid}/approve", json={"edit": {"body": '{"amount": 99}'}})
+        assert r.status_code == 200
+    send(gate, click(slack, message, "hitl_approve", "UALICE"))
+    [answer] = slack.wait("respond")
+    assert "changed since the message showed it" in answer["text"]
+    assert record(gate, rid)["status"] == "pending" and upstream.count() == 0
+    assert [a["actor"] for a in approve_decisions(gate, rid)] == ["carol"]
+    # The message is brought up to date: the edited body, a fresh digest on its buttons.
+    wait_until(lambda: any('\\"amount\\": 99' in texts(u) for u in slack.of("chat.update")))
+
+
+def test_the_agent_itself_may_not_decide_in_slack(make_hitl: Callable[..., Hitl], slack: FakeSlack,
+                                                  upstream: Upstream) -> None:
+    config = slack_config(slack)
+    config["proxy.agents"] = [{"id": "alice", "token_hash": hashed("agent-secret")}]
+    gate = make_hitl(config)
+    agent = httpx.Client(proxy=gate.proxy_url.replace("http://", "http://alice:agent-secret@"),
+                         trust_env=False, timeout=30)
+    in_background(lambda: agent.post(upstream.url("/hold/pay"), content=b"{}"))
+    message = posted(slack)
+    rid = message["blocks"][-1]["elements"][0]["value"].split(":")[0]
+    for action in ("hitl_approve", "hitl_reject"):
+        send(gate, click(slack, message, action, "UALICE"))
+    answers = slack.wait("respond", 2)
+    assert all("agent that sent this request" in a["text"] for a in answers)
+    assert slack.of("views.open") == []
+    assert record(gate, rid)["status"] == "pending" and upstream.count() == 0

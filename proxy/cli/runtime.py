@@ -118,9 +118,9 @@ class Runtime:
             # This process may forward: it must be seen alive before its first claim, or a
             # sweep elsewhere would take its forwards for a dead process's (store/sql.py).
             await self.store.heartbeat(self.gate.owner, self.gate.clock())
-            self._tasks.append(asyncio.create_task(self.gate.run_heartbeat()))
+            self._tasks.append(asyncio.create_task(self.gate.sweepers.run_heartbeat()))
             if primary:  # forwards interrupted by a process that is gone; deadlines sweep later ones
-                await self.gate.recover()
+                await self.gate.sweepers.recover()
         if "review" in sockets:
             review_sock = sockets["review"]
             self.review_address = review_sock.getsockname()[:2]
@@ -147,13 +147,13 @@ class Runtime:
                 self._tasks.append(Notifier(s.notify.webhooks, s.review.public_url, self.metrics)
                                    .start(self.gate.events))
         if primary:
-            self._tasks.append(asyncio.create_task(self.gate.run_deadlines()))
+            self._tasks.append(asyncio.create_task(self.gate.sweepers.run_deadlines()))
         self._tasks.append(asyncio.create_task(self.gate.recorder.run()))  # shadow events, decision log
         if s.policy.engine == "embedded":  # a remote OPA reloads its own bundles
             self._reloader = PolicyReloader(self.gate, s.policy.paths, s.policy.query, primary=primary)
             self._tasks.append(asyncio.create_task(self._reloader.watch()))
         if self.role != "all" or s.proxy.workers > 1:  # other processes share the store
-            self._tasks.append(asyncio.create_task(self.gate.watch_store()))
+            self._tasks.append(asyncio.create_task(self.gate.feed.watch()))
         if extra_workers:
             assert self.proxy_address is not None
             self._workers = WorkerPool(extra_workers, s.source, self.proxy_address)

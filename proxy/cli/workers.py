@@ -9,7 +9,7 @@ What stays with the primary: ``recover()`` at start (a worker must never take a 
 that another live process is making for an interrupted one), deadlines, audited reloads
 and the review listener. What holds across processes already holds for ``--role``: the
 store decides every transition (a claim is atomic), a waiting agent re-reads the store,
-``Gate.watch_store`` wakes it as soon as the audit log shows a decision made elsewhere,
+``ChangeFeed.watch`` (change_feed.py) wakes it as soon as the audit log shows a decision made elsewhere,
 and the metrics are summed over every process at scrape (``proxy/metrics.py``).
 
 A worker dies with its primary (PR_SET_PDEATHSIG), also when the primary is killed; a

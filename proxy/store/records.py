@@ -95,7 +95,7 @@ class HoldRecord:
     @property
     def approved_by(self) -> tuple[str, ...]:
         """The distinct reviewers whose approval counts: those who approved the current
-        content. An edit restarts the count; approvals of other bytes do not."""
+        content. An edit restarts the count (docs/policies.md); approvals of other bytes do not."""
         digest = self.digest
         names = (d.reviewer for d in self.decisions
                  if d.verdict == "approve" and (d.digest is None or d.digest == digest))
@@ -121,7 +121,7 @@ class HoldRecord:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Standing approval for later requests of one scope: the same agent, scheme,
+    """Standing approval for later requests of one scope (docs/policies.md): the same agent, scheme,
     host, port, method and path, whose own decision is a grantable hold of ``rule`` that
     ``created_by`` (with ``groups``) may decide and that needs at most ``approvals``."""
 

@@ -71,7 +71,7 @@ from proxy.store.rows import (
 from proxy.store.tuning import TuningQueries
 
 # A listing reads a prefix of each body and no stored response: a queue of large holds
-# costs kilobytes, not their bodies. substr/length count bytes on a BLOB/BYTEA.
+# costs kilobytes, not their bodies (the review API). substr/length count bytes on a BLOB/BYTEA.
 _SUMMARY_COLUMNS = ", ".join(
     f"substr({c}, 1, {SUMMARY_BODY_BYTES}) AS {c}" if c in ("body", "edit_body")
     else f"NULL AS {c}" if c == "response_body" else c
@@ -309,7 +309,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
                approval_deadline: float | None = None, audit_detail: dict[str, Any] | None = None,
                seen_digest: str | None = None, grant_minutes: int | None = None,
                reviewer_groups: tuple[str, ...] = ()) -> HoldRecord:
-        """Record one reviewer's approve/reject, all in one transaction:
+        """Record one reviewer's approve/reject, all in one transaction (docs/policies.md):
 
         - ``seen_digest``, when given, must still be the content's digest (else 409).
         - An edit rides on the approval that carries it and is applied on top of earlier
