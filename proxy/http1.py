@@ -74,6 +74,7 @@ class HTTPConnection:
         # Set when we answer an error before reading the whole request: see close().
         self._linger = False
         self._fed = 0  # bytes received while waiting for the current request head
+        self._head_only = False  # the current request is HEAD: its answers carry no body
 
     @property
     def peer(self) -> str:
@@ -107,6 +108,7 @@ class HTTPConnection:
         timeout = IDLE_TIMEOUT if self.conn.their_state is h11.IDLE else HEAD_TIMEOUT
         # Bytes of a pipelined next request may already be buffered: they count as read.
         self._fed = len(self.conn.trailing_data[0])
+        self._head_only = False
         try:
             event = await self._next_event(timeout)
         except ClientGone:
@@ -115,6 +117,7 @@ class HTTPConnection:
             return None
         if not isinstance(event, h11.Request):
             raise BadRequest(f"expected a request, got {type(event).__name__}")
+        self._head_only = event.method == b"HEAD"
         check_head(event)
         # More than the limit arrived while this head was read: measure the head on the bytes
         # themselves (h11 strips whitespace, so the event alone can undercount); what is
@@ -182,7 +185,8 @@ class HTTPConnection:
             headers.append(("Connection", "close"))
             self._linger = self.conn.their_state is not h11.DONE
         await self.send_head(exc.status, headers, _phrase(exc.status))
-        await self.send_data(body)
+        if not self._head_only:  # h11 refuses a body on an answer to HEAD (RFC 9110 §9.3.2)
+            await self.send_data(body)
         await self.end()
 
     async def _drain_unread(self) -> None:

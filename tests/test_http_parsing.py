@@ -182,3 +182,19 @@ def test_a_non_ascii_header_byte_from_the_upstream_reaches_the_agent(hitl: Hitl,
     assert status_of(answer) == 200, answer[:300]
     assert b"X-Up: caf\xe9\r\n" in answer
     assert answer.endswith(b"ok")
+
+
+# -- a HEAD request refused by the gate still gets its answer -------------------------------
+
+@pytest.mark.parametrize("path", ["/a%2Fb", "/deny/x"])
+def test_a_refused_head_request_gets_a_head_answer_without_a_body(hitl: Hitl, upstream: Upstream,
+                                                                   path: str) -> None:
+    """A response to HEAD has no body (RFC 9110 §9.3.2): the gate's refusal is the head
+    alone, never a dropped connection (the fuzz over request heads found one)."""
+    head = (f"HEAD {upstream.url(path)} HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    answer, _ = exchange(hitl, head)
+    assert status_of(answer) in (400, 403), answer[:300]
+    head_part, _, rest = answer.partition(b"\r\n\r\n")
+    assert b"x-hitl-request-id" in head_part.lower() and rest == b""
+    assert upstream.received == []
