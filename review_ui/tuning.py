@@ -104,24 +104,21 @@ class Tuning:
     # -- pages -----------------------------------------------------------------------------
     def page_routes(self, web: WebUI) -> list[Route]:
         web.env.filters["seconds"] = seconds
-        async def shadow(request: Request, session: Session, reviewer: Reviewer) -> Response:
-            try:
-                data = await self.shadow_data(request)
-            except BadRequest as exc:
-                return web.render("error.html", 400, title="Bad filter", message=exc.message,
+        def page(name: str, data_of: Callable[[Request], Awaitable[dict[str, Any]]],
+                 bad_title: str) -> Callable[[Request, Session, Reviewer], Awaitable[Response]]:
+            async def render(request: Request, session: Session, reviewer: Reviewer) -> Response:
+                try:
+                    data = await data_of(request)
+                except BadRequest as exc:
+                    return web.render("error.html", 400, title=bad_title, message=exc.message,
+                                      **web._common(session, reviewer))
+                return web.render(f"{name}.html", page=name, windows=WINDOWS, **data,
+                                  pending=await self.gate.store.count_pending(),
                                   **web._common(session, reviewer))
-            return web.render("shadow.html", page="shadow", windows=WINDOWS, **data,
-                              pending=await self.gate.store.count_pending(), **web._common(session, reviewer))
+            return render
 
-        async def insights(request: Request, session: Session, reviewer: Reviewer) -> Response:
-            try:
-                data = await self.insights_data(request)
-            except BadRequest as exc:
-                return web.render("error.html", 400, title="Bad window", message=exc.message,
-                                  **web._common(session, reviewer))
-            return web.render("insights.html", page="insights", windows=WINDOWS, **data,
-                              pending=await self.gate.store.count_pending(), **web._common(session, reviewer))
-
+        shadow = page("shadow", self.shadow_data, "Bad filter")
+        insights = page("insights", self.insights_data, "Bad window")
         return [Route("/shadow", web._page(shadow)), Route("/insights", web._page(insights))]
 
 

@@ -50,6 +50,11 @@ def _command(sub: Any, name: str, help: str, description: str, run: Run,
     return parser
 
 
+def _actions(parser: argparse.ArgumentParser, name: str) -> Any:
+    """The required ACTION of a command with sub-actions (``config check``, ``ca path`` …)."""
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION", help="one of:")
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
 
@@ -103,8 +108,7 @@ def _serve_parser(sub: Any) -> None:
 def _config_parser(sub: Any) -> None:
     config = _command(sub, "config", "check a configuration without serving",
                       "Work with a configuration file.", _missing_action)
-    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION",
-                                   help="one of:")
+    actions = _actions(config, "config")
     check = _command(actions, "check", "validate a config and its policies",
                      "Validate the config (file and HITL_* variables) and compile its policies, "
                      "without serving and without creating anything. Print the effective settings "
@@ -118,8 +122,7 @@ def _ca_parser(sub: Any) -> None:
                   "The local certificate authority: `serve` creates it under proxy.ca_dir on first "
                   "start; agents trust its certificate. `path` and `export` only read it.",
                   _missing_action)
-    actions = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION",
-                                   help="one of:")
+    actions = _actions(ca, "ca")
     for name, help, description in (
         ("path", "print where the CA certificate (PEM) is",
          ("Print the path of the CA certificate (ca.pem under proxy.ca_dir). Stops with one line "
@@ -139,8 +142,7 @@ def _ca_parser(sub: Any) -> None:
 def _policy_parser(sub: Any) -> None:
     policy = _command(sub, "policy", "evaluate, test or replay policies",
                       "Work with the Rego policies offline.", _missing_action)
-    actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION",
-                                   help="one of:")
+    actions = _actions(policy, "policy")
 
     ev = _command(actions, "eval", "print the decision for a sample request",
                   "Evaluate the policies of the config for one request, given as a full input "
@@ -236,8 +238,7 @@ def _audit_parser(sub: Any) -> None:
     audit = _command(sub, "audit", "check or export the audit chain",
                      "The audit log: every hold, decision and forward, in a SHA-256 hash chain. "
                      "Reads the store of the config; never creates one.", _missing_action)
-    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION",
-                                   help="one of:")
+    actions = _actions(audit, "audit")
     verify = _command(actions, "verify", "check the hash chain",
                       "Recompute the hash chain: exit 0 when intact, 1 naming the first broken seq.",
                       _run("proxy.cli.offline", "audit_verify"))
