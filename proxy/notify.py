@@ -113,7 +113,7 @@ class Notifier:
             task.add_done_callback(self._in_flight.discard)
 
     def _count_failure(self, hook: Webhook) -> None:
-        # DESIGN §9's per-channel count (Slack's API calls count as channel="slack"), and the
+        # The per-channel count of docs/operations.md (Slack's API calls count as channel="slack"), and the
         # older per-format one that existing alerts may read.
         self.metrics.notify_errors.labels("webhook").inc()
         self.metrics.notify_failures.labels(hook.format).inc()
