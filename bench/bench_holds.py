@@ -19,9 +19,9 @@ the first byte of each forwarded hold arrives. Two benchmarks, each a table:
 Finally the proxy is stopped (SIGTERM) and the time until every agent still waiting has its
 ``approval_pending`` answer is shown. The bench raises its own open-file limit (and so the
 proxy's, which it starts) to the hard limit with ``resource.setrlimit``: each hold is one socket
-on each side. With ``--pin`` (the default where ``taskset`` exists and there are two cores or
-more) the proxy runs on the last core, the agents, wrk and the upstream on the others. Prints
-tables; asserts nothing.
+on each side. Pinned as the other benchmarks are (harness.py: with taskset and two cores, the
+proxy and the upstream on one core, the agents and wrk on the other). Prints tables; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,20 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HITL, PY, free_port, stop, wait_port
+from harness import (
+    HITL,
+    LOAD_CORE,
+    PIN,
+    PY,
+    SERVER_CORE,
+    free_port,
+    machine_header,
+    on_core,
+    process_cpu,
+    rss_mib,
+    stop,
+    wait_port,
+)
 
 TOKEN = "hitl_bench000_" + "b" * 43
 TOKEN_HASH = "sha256:" + __import__("hashlib").sha256(TOKEN.encode()).hexdigest()
@@ -59,9 +72,6 @@ default decision := {"action": "allow", "rule": "bench.pass"}
 
 decision := {"action": "hold", "rule": "bench.hold", "message": "bench hold"} if input.request.method == "POST"
 '''
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
 
 # -- the recording upstream (a subprocess: `bench_holds.py --upstream PORT`) ----------------
 def run_upstream(port: int) -> None:
@@ -132,8 +142,7 @@ class Arrivals:
 
 
 # -- the proxy ------------------------------------------------------------------------------
-def start_proxy(tmp: Path, port: int, review: int, upstream_port: int, holds: int,
-                cpu: str | None) -> subprocess.Popen[bytes]:
+def start_proxy(tmp: Path, port: int, review: int, holds: int) -> subprocess.Popen[bytes]:
     (tmp / "policies").mkdir(exist_ok=True)
     (tmp / "policies" / "bench.rego").write_text(POLICY)
     config = tmp / "hitl.yaml"
@@ -144,23 +153,7 @@ def start_proxy(tmp: Path, port: int, review: int, upstream_port: int, holds: in
         f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data/hitl.db\n"
         f"hold:\n  client_wait: 30m\n  timeout: 1h\n  max_pending_per_agent: {holds + 10}\n"
         f"log:\n  level: warning\n  format: json\n")
-    cmd = [HITL, "serve", "-c", str(config)]
-    if cpu is not None:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (every thread), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return subprocess.Popen(on_core(SERVER_CORE, [HITL, "serve", "-c", str(config)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def wait_healthy(port: int, timeout: float = 30) -> None:
@@ -187,19 +180,17 @@ def pending_ids(db: Path) -> dict[str, str]:
 
 
 # -- load -----------------------------------------------------------------------------------
-def wrk(proxy_port: int, upstream_port: int, conns: int, duration: int, tmp: Path, pid: int,
-        cpu: str | None) -> tuple[float, float]:
+def wrk(proxy_port: int, upstream_port: int, conns: int, duration: int, tmp: Path,
+        pid: int) -> tuple[float, float]:
     """(req/s, proxy CPU ms per request) of absolute-form GETs through the proxy."""
     script = tmp / "absolute.lua"
     script.write_text(f'wrk.path = "http://127.0.0.1:{upstream_port}/pass"\n'
                       f'wrk.headers["Host"] = "127.0.0.1:{upstream_port}"\n')
-    cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "-s", str(script),
-           f"http://127.0.0.1:{proxy_port}/"]
-    if cpu is not None:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    before = cpu_seconds(pid)
+    cmd = on_core(LOAD_CORE, ["wrk", f"-t{1 if PIN else 2}", f"-c{conns}", f"-d{duration}s", "-s", str(script),
+                              f"http://127.0.0.1:{proxy_port}/"])
+    before = process_cpu(pid)
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 30).stdout
-    used = cpu_seconds(pid) - before
+    used = process_cpu(pid) - before
     found = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not found or not rps:
@@ -314,19 +305,15 @@ def raise_fd_limit(need: int) -> int:
 def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) -> None:
     """Synchronous, with ``loop`` run for the asynchronous parts (the agents, the approvals):
     between them the agents' sockets simply wait in the kernel."""
-    cores = os.cpu_count() or 1
-    pin = args.pin and cores >= 2 and shutil.which("taskset") is not None
-    proxy_cpu = str(cores - 1) if pin else None
-    load_cpu = f"0-{cores - 2}" if pin else None
-    if pin:
-        os.sched_setaffinity(0, set(range(cores - 1)))  # the agents and the upstream
+    if PIN:  # the agents (this process) on the load core; the proxy and the upstream on the server's
+        os.sched_setaffinity(0, {LOAD_CORE})
     limit = raise_fd_limit(args.holds + 1000)
     up_port, proxy_port, review = free_port(), free_port(), free_port()
-    upstream = subprocess.Popen([PY, __file__, "--upstream", str(up_port)], stdout=subprocess.PIPE,
+    upstream = subprocess.Popen(on_core(SERVER_CORE, [PY, __file__, "--upstream", str(up_port)]), stdout=subprocess.PIPE,
                                 text=True, start_new_session=True)
     arrivals = Arrivals(upstream)
     total = args.holds + 2 * args.decisions  # the approved ones are held like the others first
-    proxy = start_proxy(tmp, proxy_port, review, up_port, total, proxy_cpu)
+    proxy = start_proxy(tmp, proxy_port, review, total)
     db = tmp / "data" / "hitl.db"
     has_wrk = shutil.which("wrk") is not None
     try:
@@ -335,16 +322,16 @@ def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) 
         wait_port(proxy_port)
         pid = proxy.pid
         if has_wrk:
-            wrk(proxy_port, up_port, args.conns, 1, tmp, pid, load_cpu)  # warm-up
+            wrk(proxy_port, up_port, args.conns, 1, tmp, pid)  # warm-up
         time.sleep(1)
         rss_idle = rss_mib(pid)
-        plain = wrk(proxy_port, up_port, args.conns, args.duration, tmp, pid, load_cpu) if has_wrk else None
+        plain = wrk(proxy_port, up_port, args.conns, args.duration, tmp, pid) if has_wrk else None
         time.sleep(1)
         rss_before = rss_mib(pid)
 
         agents = Agents(proxy_port, up_port)
         started = time.monotonic()
-        cpu_at = cpu_seconds(pid)
+        cpu_at = process_cpu(pid)
         loop.run_until_complete(agents.send(total))
         deadline = time.monotonic() + args.hold_timeout
         held = 0
@@ -354,18 +341,18 @@ def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) 
                 break
             time.sleep(0.5)
         hold_secs = time.monotonic() - started
-        hold_cpu = cpu_seconds(pid) - cpu_at
+        hold_cpu = process_cpu(pid) - cpu_at
         time.sleep(2)  # settle
         rss_held = rss_mib(pid)
-        cpu_at, t0 = cpu_seconds(pid), time.monotonic()
+        cpu_at, t0 = process_cpu(pid), time.monotonic()
         time.sleep(args.wait)
-        waiting_pct = (cpu_seconds(pid) - cpu_at) / (time.monotonic() - t0) * 100
-        loaded = wrk(proxy_port, up_port, args.conns, args.duration, tmp, pid, load_cpu) if has_wrk else None
+        waiting_pct = (process_cpu(pid) - cpu_at) / (time.monotonic() - t0) * 100
+        loaded = wrk(proxy_port, up_port, args.conns, args.duration, tmp, pid) if has_wrk else None
         rss_after = rss_mib(pid)
 
+        print(machine_header())
         print(f"\nhold capacity: {total} agents with a held POST each (small JSON), one `hitl-proxy serve`"
-              f" process (SQLite), {'pinned: proxy on core ' + str(proxy_cpu) + ', load on ' + str(load_cpu) if pin else 'not pinned'};"
-              f" open-file limit raised to {limit} (resource.setrlimit)\n")
+              f" process (SQLite); open-file limit raised to {limit} (resource.setrlimit)\n")
         rows = [
             ("RSS idle (after warm-up)", f"{rss_idle:.0f} MiB"),
             ("RSS before the holds (after wrk)", f"{rss_before:.0f} MiB"),
@@ -424,8 +411,6 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=32, help="wrk connections for pass-through (default 32)")
     ap.add_argument("--duration", type=int, default=5, help="wrk seconds per pass-through row (default 5)")
     ap.add_argument("--hold-timeout", type=float, default=120.0, help="give up waiting for the holds after this")
-    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
-                    help="proxy on the last core, load on the others (taskset; default on)")
     ap.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.upstream is not None:

@@ -211,10 +211,12 @@ class Gate:
         # policy holds it): parsing megabytes here would stall the loop all the same.
         rpc = None if doc["request"]["body_truncated"] else mcp.read(
             req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
+        act = self._act(req, agent, request_id, doc, rpc)
+        del doc  # _act drops it once judged: a held request's wait must not keep its policy input
         if rpc is None or not rpc.answerable:
-            return await self._act(req, agent, request_id, doc, rpc)
+            return await act
         try:  # MCP: answered on the JSON-RPC level, so the client and its model understand
-            reply = await self._act(req, agent, request_id, doc, rpc)
+            reply = await act
         except GateError as exc:
             return await self._mcp_refusal(req, rpc, exc, request_id)
         return self._mcp_readdress(req, rpc, reply)
@@ -222,11 +224,15 @@ class Gate:
     async def _act(self, req: AgentRequest, agent: Agent, request_id: str, doc: dict[str, Any],
                    rpc: mcp.Message | None) -> Reply:
         decision = await self.judge(req, agent, request_id, doc, rpc)
+        del doc  # the decision log keeps its own reference until it is written
         if decision.action is Action.ALLOW:
             return await self._forward_live(req, request_id)
         if decision.action is Action.DENY:
             raise DeniedByPolicy(denial(decision.message), request_id=request_id, rule=decision.rule)
-        return await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
+        held = await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
+        if isinstance(held, Reply):  # a standing grant forwarded it
+            return held
+        return await self.await_outcome(*held)  # _hold's frame is gone while the agent waits
 
     async def _mcp_refusal(self, req: AgentRequest, rpc: mcp.Message, exc: GateError,
                            request_id: str) -> Reply:
@@ -281,7 +287,9 @@ class Gate:
 
     # -- holding -------------------------------------------------------------------------
     async def _hold(self, req: AgentRequest, agent: Agent, decision: Decision,
-                    content_key: str | None = None) -> Reply:
+                    content_key: str | None = None) -> Reply | tuple[str, float]:
+        """Hold the request: a new record, or the live one it repeats (Rule 3). Returns what
+        the agent waits on (record id, end of its wait), or the reply of a standing grant."""
         now = self.clock()
         hold = self.settings.hold
         try:
@@ -331,8 +339,7 @@ class Gate:
             log.info("%s %s %s%s repeats rejected %s: refused again", agent.id, req.method,
                      req.authority, req.path, rec.id)
             raise self._rejection(rec, replayed=True)
-        request_id, rec = rec.id, None  # the wait keeps no record (a found one is a copy of the body)
-        return await self.await_outcome(request_id, now + hold.client_wait)
+        return rec.id, now + hold.client_wait
 
     async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
                               now: float) -> Grant | None:
@@ -351,11 +358,25 @@ class Gate:
 
     async def await_outcome(self, request_id: str, wait_until: float) -> Reply:
         """Wait for a held request's fate, up to ``wait_until``; act on it (Rules 2 and 4).
-        While it waits, the agent holds one future (waiters.py) and no copy of the record:
-        it reads the status when woken, and the whole record only for the outcome."""
+        While it waits, the agent holds one future and one timer (waiters.py), no copy of the
+        record: it reads the status when woken, and the whole record only for the outcome.
+        One frame for the whole wait: 10,000 waiting agents pay for each frame kept."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                status = await self._wait_while_undecided(request_id, wait_until)
+                woken = self.waiters.add(request_id)  # before the read: no change can slip between
+                try:
+                    status = await self.store.status(request_id)
+                    remaining = self._patience(status, wait_until)
+                    if remaining > 0:
+                        timer = loop.call_later(remaining, waiters.resolve, woken)
+                        try:
+                            await woken
+                        finally:
+                            timer.cancel()
+                        continue
+                finally:
+                    self.waiters.discard(request_id, woken)
                 if status is HoldStatus.APPROVED:
                     # Claim and forward are one task shielded from this agent's connection: a
                     # hang-up right after a won claim must not strand the record in forwarding.
@@ -385,33 +406,22 @@ class Gate:
                                         request_id=request_id)
                 if status is HoldStatus.APPROVED:
                     continue  # approved since the status was read: claim it
-                raise self.approval_pending(rec)  # still undecided: the wait is over
+                raise self.approval_pending(rec)  # still undecided, and the wait is over
         except StoreError as exc:
             raise StoreUnavailable("The gate cannot reach its pending store, so the outcome of this "
                                    "held request is unknown here and nothing was sent. Retry the "
                                    "identical request after Retry-After seconds.",
                                    request_id=request_id) from exc
 
-    async def _wait_while_undecided(self, request_id: str, wait_until: float) -> HoldStatus | None:
-        """Sleep while the record is pending (or being forwarded by someone else) and the
-        agent's wait lasts; return the status that ended the wait. Pending when the wait is
-        over or the gate is stopping (then the agent is answered approval_pending)."""
-        while True:
-            woken = self.waiters.add(request_id)  # before the read: no change can slip between
-            try:
-                status = await self.store.status(request_id)
-                if status is HoldStatus.PENDING and self.stopping:
-                    return status  # the hold stays in the store for the retry
-                if status not in (HoldStatus.PENDING, HoldStatus.FORWARDING):
-                    return status
-                remaining = wait_until - self.clock()
-                if status is HoldStatus.FORWARDING:
-                    remaining += self.settings.proxy.upstream_timeout
-                if remaining <= 0:
-                    return status
-                await waiters.wait(woken, remaining)
-            finally:
-                self.waiters.discard(request_id, woken)
+    def _patience(self, status: HoldStatus | None, wait_until: float) -> float:
+        """How long an agent waits on a record in ``status`` before looking again: while it is
+        pending (not when the gate is stopping: the hold stays in the store for the retry) or
+        being forwarded by someone else, until ``wait_until``; otherwise 0, act now."""
+        if status is HoldStatus.PENDING and not self.stopping:
+            return wait_until - self.clock()
+        if status is HoldStatus.FORWARDING:
+            return wait_until - self.clock() + self.settings.proxy.upstream_timeout
+        return 0.0
 
     def approval_pending(self, rec: HoldRecord) -> ApprovalPending:
         """approval_pending, worded for the model: what is going on and what to do next."""

@@ -42,27 +42,16 @@ class Waiters:
 
     def wake(self, request_id: str) -> None:
         for future in self._by_id.pop(request_id, ()):
-            if not future.done():
-                future.set_result(None)
+            resolve(future)
 
     def wake_all(self) -> None:
         for request_id in list(self._by_id):
             self.wake(request_id)
 
 
-async def wait(future: asyncio.Future[None], timeout: float) -> None:
-    """Wait until ``future`` is woken or ``timeout`` seconds pass, whichever comes first. One
-    timer handle, no task (``asyncio.wait_for`` on Python 3.11 makes a task and a second
-    future per call)."""
-    if future.done():
-        return
-    timer = asyncio.get_running_loop().call_later(max(0.0, timeout), _wake, future)
-    try:
-        await future
-    finally:
-        timer.cancel()
-
-
-def _wake(future: asyncio.Future[None]) -> None:
+def resolve(future: asyncio.Future[None]) -> None:
+    """Wake one waiter (its ``client_wait`` timer ends): ``loop.call_later(t, resolve, future)``
+    is the whole cost of a timeout, where ``asyncio.wait_for`` on Python 3.11 makes a task
+    and a second future per call."""
     if not future.done():
         future.set_result(None)
