@@ -142,15 +142,17 @@ class Arrivals:
 
 
 # -- the proxy ------------------------------------------------------------------------------
-def start_proxy(tmp: Path, port: int, review: int, holds: int) -> subprocess.Popen[bytes]:
+def start_proxy(tmp: Path, port: int, review: int, holds: int, store: str,
+                workers: int) -> subprocess.Popen[bytes]:
     (tmp / "policies").mkdir(exist_ok=True)
     (tmp / "policies" / "bench.rego").write_text(POLICY)
     config = tmp / "hitl.yaml"
     config.write_text(
-        f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{port}\n  allow_networks: [127.0.0.0/8]\n"
+        f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{port}\n  workers: {workers}\n"
+        f"  allow_networks: [127.0.0.0/8]\n"
         f"  ca_dir: {tmp}/data/ca\n  shutdown_grace: 20s\n"
         f"review:\n  listen: 127.0.0.1:{review}\n  tokens: [{{name: bench, token_hash: \"{TOKEN_HASH}\"}}]\n"
-        f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data/hitl.db\n"
+        f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: {store}\n"
         f"hold:\n  client_wait: 30m\n  timeout: 1h\n  max_pending_per_agent: {holds + 10}\n"
         f"log:\n  level: warning\n  format: json\n")
     return subprocess.Popen(on_core(SERVER_CORE, [HITL, "serve", "-c", str(config)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -168,15 +170,39 @@ def wait_healthy(port: int, timeout: float = 30) -> None:
     raise RuntimeError("the review listener never became healthy")
 
 
-def count_pending(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
-        return int(conn.execute("SELECT count(*) FROM requests WHERE status='pending'").fetchone()[0])
+def pending_ids(store: str) -> dict[str, str]:
+    """target path → record id of every pending hold, read from the store itself."""
+    query = "SELECT target, id FROM requests WHERE status='pending'"
+    if store.startswith("sqlite:///"):
+        db = store.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+            return dict(conn.execute(query).fetchall())
+    import psycopg
+
+    url, _, params = store.partition("?")
+    schema = dict(p.split("=", 1) for p in params.split("&") if p).get("schema")
+    with psycopg.connect(url, autocommit=True) as conn:
+        if schema:
+            conn.execute(f"SET search_path TO {schema}")
+        return dict(conn.execute(query).fetchall())  # type: ignore[arg-type]
 
 
-def pending_ids(db: Path) -> dict[str, str]:
-    """target path → record id of every pending hold."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
-        return dict(conn.execute("SELECT target, id FROM requests WHERE status='pending'").fetchall())
+def processes(pid: int) -> list[int]:
+    """The proxy and its proxy.workers processes (its children)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def summed(measure: Any, pid: int) -> float:
+    """``measure`` (RSS, CPU seconds) summed over the proxy's processes."""
+    out = 0.0
+    for p in processes(pid):
+        with contextlib.suppress(OSError):
+            out += measure(p)
+    return out
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -188,9 +214,9 @@ def wrk(proxy_port: int, upstream_port: int, conns: int, duration: int, tmp: Pat
                       f'wrk.headers["Host"] = "127.0.0.1:{upstream_port}"\n')
     cmd = on_core(LOAD_CORE, ["wrk", f"-t{1 if PIN else 2}", f"-c{conns}", f"-d{duration}s", "-s", str(script),
                               f"http://127.0.0.1:{proxy_port}/"])
-    before = process_cpu(pid)
+    before = summed(process_cpu, pid)
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 30).stdout
-    used = process_cpu(pid) - before
+    used = summed(process_cpu, pid) - before
     found = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not found or not rps:
@@ -313,8 +339,8 @@ def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) 
                                 text=True, start_new_session=True)
     arrivals = Arrivals(upstream)
     total = args.holds + 2 * args.decisions  # the approved ones are held like the others first
-    proxy = start_proxy(tmp, proxy_port, review, total)
-    db = tmp / "data" / "hitl.db"
+    store = args.store or f"sqlite:///{tmp}/data/hitl.db"
+    proxy = start_proxy(tmp, proxy_port, review, total, store, args.workers)
     has_wrk = shutil.which("wrk") is not None
     try:
         wait_port(up_port)
@@ -324,35 +350,37 @@ def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) 
         if has_wrk:
             wrk(proxy_port, up_port, args.conns, 1, tmp, pid)  # warm-up
         time.sleep(1)
-        rss_idle = rss_mib(pid)
+        rss_idle = summed(rss_mib, pid)
         plain = wrk(proxy_port, up_port, args.conns, args.duration, tmp, pid) if has_wrk else None
         time.sleep(1)
-        rss_before = rss_mib(pid)
+        rss_before = summed(rss_mib, pid)
 
         agents = Agents(proxy_port, up_port)
         started = time.monotonic()
-        cpu_at = process_cpu(pid)
+        cpu_at = summed(process_cpu, pid)
         loop.run_until_complete(agents.send(total))
         deadline = time.monotonic() + args.hold_timeout
         held = 0
         while time.monotonic() < deadline:
-            held = count_pending(db)
+            held = len(pending_ids(store))
             if held >= total:
                 break
             time.sleep(0.5)
         hold_secs = time.monotonic() - started
-        hold_cpu = process_cpu(pid) - cpu_at
+        hold_cpu = summed(process_cpu, pid) - cpu_at
         time.sleep(2)  # settle
-        rss_held = rss_mib(pid)
-        cpu_at, t0 = process_cpu(pid), time.monotonic()
+        rss_held = summed(rss_mib, pid)
+        cpu_at, t0 = summed(process_cpu, pid), time.monotonic()
         time.sleep(args.wait)
-        waiting_pct = (process_cpu(pid) - cpu_at) / (time.monotonic() - t0) * 100
+        waiting_pct = (summed(process_cpu, pid) - cpu_at) / (time.monotonic() - t0) * 100
         loaded = wrk(proxy_port, up_port, args.conns, args.duration, tmp, pid) if has_wrk else None
-        rss_after = rss_mib(pid)
+        rss_after = summed(rss_mib, pid)
 
         print(machine_header())
-        print(f"\nhold capacity: {total} agents with a held POST each (small JSON), one `hitl-proxy serve`"
-              f" process (SQLite); open-file limit raised to {limit} (resource.setrlimit)\n")
+        kind = "SQLite" if store.startswith("sqlite") else "PostgreSQL"
+        procs = "one process" if args.workers == 1 else f"proxy.workers {args.workers} (RSS and CPU summed)"
+        print(f"\nhold capacity: {total} agents with a held POST each (small JSON), `hitl-proxy serve`,"
+              f" {procs}, {kind} store; open-file limit raised to {limit} (resource.setrlimit)\n")
         rows = [
             ("RSS idle (after warm-up)", f"{rss_idle:.0f} MiB"),
             ("RSS before the holds (after wrk)", f"{rss_before:.0f} MiB"),
@@ -374,7 +402,7 @@ def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) 
         for label, value in rows:
             print(f"{label:<{width}}  {value}", flush=True)
 
-        ids = pending_ids(db)
+        ids = pending_ids(store)
         picks = [(f"/hold/{i}", ids[f"/hold/{i}"]) for i in range(args.holds, total) if f"/hold/{i}" in ids]
         one_by_one, failed1 = loop.run_until_complete(decisions(review, picks[:args.decisions], arrivals, burst=False))
         burst, failed2 = loop.run_until_complete(decisions(review, picks[args.decisions:], arrivals, burst=True))
@@ -411,6 +439,11 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=32, help="wrk connections for pass-through (default 32)")
     ap.add_argument("--duration", type=int, default=5, help="wrk seconds per pass-through row (default 5)")
     ap.add_argument("--hold-timeout", type=float, default=120.0, help="give up waiting for the holds after this")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="proxy.workers (default 1); with more, approvals made in the primary reach agents"
+                         " held in the workers through the change feed")
+    ap.add_argument("--store", help="store.url (default: SQLite in a temporary folder), e.g. a"
+                                    " postgresql://…?schema=NAME URL to measure LISTEN/NOTIFY")
     ap.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.upstream is not None:

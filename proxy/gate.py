@@ -230,6 +230,7 @@ class Gate:
         if decision.action is Action.DENY:
             raise DeniedByPolicy(denial(decision.message), request_id=request_id, rule=decision.rule)
         held = await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
+        del decision  # nor its decision
         if isinstance(held, Reply):  # a standing grant forwarded it
             return held
         return await self.await_outcome(*held)  # _hold's frame is gone while the agent waits
@@ -371,10 +372,12 @@ class Gate:
                     if remaining > 0:
                         timer = loop.call_later(remaining, waiters.resolve, woken)
                         try:
-                            await woken
+                            news = await woken
                         finally:
                             timer.cancel()
-                        continue
+                        if news is not HoldStatus.APPROVED:
+                            continue  # read the status again
+                        status = news  # claimed at once: the claim itself checks the status
                 finally:
                     self.waiters.discard(request_id, woken)
                 if status is HoldStatus.APPROVED:
@@ -528,7 +531,7 @@ class Gate:
             await asyncio.wait(running, timeout=timeout)
 
     def _changed(self, request_id: str, status: str, **extra: Any) -> None:
-        self.waiters.wake(request_id)
+        self.waiters.wake(request_id, HoldStatus(status))
         self._announce(request_id, status)
         self.events.publish({"type": "changed", "id": request_id, "status": status, **extra})
 

@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.model import HoldStatus
+
 
 class Waiters:
     __slots__ = ("_by_id",)
 
     def __init__(self) -> None:
         # Mostly one waiter per record; duplicates of a request attach to the same record.
-        self._by_id: dict[str, list[asyncio.Future[None]]] = {}
+        self._by_id: dict[str, list[asyncio.Future[HoldStatus | None]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_id)
 
     def __len__(self) -> int:
         return sum(len(futures) for futures in self._by_id.values())
 
-    def add(self, request_id: str) -> asyncio.Future[None]:
+    def add(self, request_id: str) -> asyncio.Future[HoldStatus | None]:
         """A future that ``wake(request_id)`` resolves; ``discard`` it when done waiting."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[HoldStatus | None] = asyncio.get_running_loop().create_future()
         self._by_id.setdefault(request_id, []).append(future)
         return future
 
-    def discard(self, request_id: str, future: asyncio.Future[None]) -> None:
+    def discard(self, request_id: str, future: asyncio.Future[HoldStatus | None]) -> None:
         futures = self._by_id.get(request_id)
         if futures is None:
             return
@@ -40,18 +45,21 @@ class Waiters:
         if not futures:
             del self._by_id[request_id]
 
-    def wake(self, request_id: str) -> None:
+    def wake(self, request_id: str, status: HoldStatus | None = None) -> None:
+        """Wake the agents waiting on ``request_id``; ``status``, when known, is the one the
+        record has just taken (an approval is claimed at once, without reading it first)."""
         for future in self._by_id.pop(request_id, ()):
-            resolve(future)
+            if not future.done():
+                future.set_result(status)
 
     def wake_all(self) -> None:
         for request_id in list(self._by_id):
             self.wake(request_id)
 
 
-def resolve(future: asyncio.Future[None]) -> None:
+def resolve(future: asyncio.Future[HoldStatus | None]) -> None:
     """Wake one waiter (its ``client_wait`` timer ends): ``loop.call_later(t, resolve, future)``
     is the whole cost of a timeout, where ``asyncio.wait_for`` on Python 3.11 makes a task
     and a second future per call."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(None)  # nothing known: the waiter reads the status

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from proxy.errors import StoreError
 from proxy.model import AgentRequest, HoldStatus, UpstreamResponse
 from proxy.store.records import AuditRecord, Grant, HoldRecord
+from proxy.store.signals import ChangeSignal, Sleep
 from proxy.store.sql import busy_timeout
 from proxy.store.sqlite import SqliteBackend
 
@@ -160,6 +161,15 @@ class AsyncStore:
 
     async def similar_approved(self, **kwargs: Any) -> int:
         return await self._run(self.backend.similar_approved, **kwargs)
+
+    def change_signal(self) -> ChangeSignal:
+        """What tells the change feed that another process changed the store (signals.py);
+        the interval alone when the backend's signal cannot be set up."""
+        try:
+            signal: ChangeSignal = self.backend.change_signal()
+        except StoreError:
+            return Sleep()
+        return signal
 
     async def ping(self) -> None:
         await self._run(self.backend.ping)

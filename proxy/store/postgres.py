@@ -45,6 +45,7 @@ from proxy.store.rows import (
     REQUEST_COLUMNS,
     TABLES,
 )
+from proxy.store.signals import PostgresSignal
 from proxy.store.sql import SqlBackend, busy_timeout
 from proxy.store.tuning import DECISION_LOG_SCHEMA
 
@@ -130,6 +131,7 @@ class PostgresBackend(SqlBackend):
         self._closed = False
         self._in_tx = False
         self._lock_key = 0
+        self._channel = ""
         try:
             self._open()
         except StoreError as exc:
@@ -145,6 +147,8 @@ class PostgresBackend(SqlBackend):
             raise StoreError("search_path names no existing schema (use ?schema=NAME, created on first open)")
         self._lock_key = int.from_bytes(hashlib.sha256(f"hitl-proxy store {schema}".encode()).digest()[:8],
                                         "big", signed=True)
+        # Where a write that grew the audit log says so at commit (signals.py), one per schema.
+        self._channel = f"hitl_changes_{self._lock_key & 0xFFFFFFFFFFFF:012x}"
         with self._tx():
             if self.schema is not None:
                 self._exec(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -222,8 +226,11 @@ class PostgresBackend(SqlBackend):
                 self._exec(f"SET LOCAL lock_timeout = {timeout_ms}")
                 self._exec(f"SET LOCAL statement_timeout = {timeout_ms}")
             self._exec("SELECT pg_advisory_xact_lock(?)", (self._lock_key,))
+            self._audited = False
             yield
             if commit:
+                if self._audited:  # delivered to the listeners at COMMIT, not before
+                    self._exec(f"NOTIFY {self._channel}")
                 self._exec("COMMIT")
             else:
                 self._rollback()
@@ -241,6 +248,10 @@ class PostgresBackend(SqlBackend):
             conn.execute("ROLLBACK")
         except psycopg.Error:
             conn.close()  # unusable: the next call connects afresh
+
+    def change_signal(self) -> PostgresSignal:
+        """For the change feed: LISTEN on this store's channel (signals.py)."""
+        return PostgresSignal(make_conninfo(self._conninfo, **self._params), self._channel, self._hide_password)
 
     def close(self) -> None:
         self._closed = True

@@ -138,6 +138,7 @@ def pid_gone(pid: int) -> bool:
 class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insights
     # The case-insensitive LIKE of the dialect (SQLite's LIKE already ignores ASCII case).
     _LIKE = "LIKE"
+    _audited = False  # the open write transaction appended to the audit log
 
     def __init__(self, secret_headers: frozenset[str]) -> None:
         self._redactor = Redactor(secret_headers)
@@ -150,6 +151,7 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
     # -- audit ---------------------------------------------------------------------------
     def _audit(self, now: float, event: str, request_id: str | None, actor: str,
                detail: dict[str, Any]) -> None:
+        self._audited = True  # this transaction changes what other processes follow (signals.py)
         last = self._q("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         seq, prev = (int(last[0]["seq"]) + 1, last[0]["hash"]) if last else (1, GENESIS)
         rec = AuditRecord(seq, rfc3339(now) or "", event, request_id, actor, detail, prev)

@@ -27,6 +27,7 @@ from proxy.store.rows import (
     REQUEST_COLUMNS,
     TABLES,
 )
+from proxy.store.signals import SqliteSignal
 from proxy.store.sql import SqlBackend
 from proxy.store.tuning import DECISION_LOG_SCHEMA
 
@@ -114,6 +115,13 @@ class SqliteBackend(SqlBackend):
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def change_signal(self) -> SqliteSignal:
+        """For the change feed: PRAGMA data_version on a connection of its own (signals.py)."""
+        try:
+            return SqliteSignal(self.path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from exc
 
     def ping(self, timeout: float = 1.0) -> None:
         """Readiness: can the store be written? A read would pass while another connection
