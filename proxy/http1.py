@@ -29,7 +29,7 @@ import httptools
 
 from proxy.errors import BadRequest, BodyTooLarge, GateError
 from proxy.headers import to_wire
-from proxy.wire import header_lines
+from proxy.wire import header_lines, read_within
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
@@ -209,12 +209,12 @@ class HTTPConnection:
         self._in_message = False
         self._head_open = True
 
-    async def _next_event(self, timeout: float) -> Request | bytes | int:
+    async def _next_event(self, timeout: float, head: bool = False) -> Request | bytes | int:
         while not self._events:
+            if head and self._in_message:
+                timeout = HEAD_TIMEOUT  # a head began: no longer idle, HEAD_TIMEOUT per read
             try:
-                # asyncio.timeout, not wait_for: no extra task per read on the hot path.
-                async with asyncio.timeout(timeout):
-                    data = await self.reader.read(READ_CHUNK)
+                data = await read_within(self.reader, self.writer, timeout, READ_CHUNK)
             except (TimeoutError, ConnectionError) as exc:
                 raise ClientGone() from exc
             if not data:
@@ -238,7 +238,7 @@ class HTTPConnection:
         timeout = IDLE_TIMEOUT if not self._in_message and not self._events else HEAD_TIMEOUT
         self._head_only = False
         try:
-            event = await self._next_event(timeout)
+            event = await self._next_event(timeout, head=True)
         except ClientGone:
             return None
         if not isinstance(event, Request):

@@ -16,6 +16,7 @@ fifth of the proxy's CPU per request. What h11 refused is still refused here:
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httptools
@@ -56,6 +57,31 @@ def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]
     if not _TARGET.fullmatch(target):
         raise ValueError(f"illegal request target {target!r}")
     return b"".join((method, b" ", target, b" HTTP/1.1\r\n", header_lines(headers), b"\r\n"))
+
+
+async def read_within(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float,
+                      size: int = 65536) -> bytes:
+    """``reader.read(size)``, or TimeoutError when nothing came within ``timeout`` seconds;
+    the connection is then closed (every caller gives it up on a timeout anyway).
+
+    A plain timer instead of ``asyncio.timeout()``: no Timeout object, no task cancellation
+    and uncancel on every read (two reads per forwarded request). When it fires, it closes the
+    transport, which ends the read with EOF; the flag tells that EOF from the peer's."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        writer.close()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        data = await reader.read(size)
+    finally:
+        handle.cancel()
+    if expired:
+        raise TimeoutError()
+    return data
 
 
 class ResponseError(Exception):
