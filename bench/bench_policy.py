@@ -11,6 +11,7 @@ decision cache). Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ def policy_eval_samples(n: int = 3000) -> dict[str, tuple[list[float], list[floa
     """Seconds per decision, ``n`` samples each: {"new": (allow, hold), "repeated": (…)}."""
     sys.path.insert(0, str(ROOT))
     from proxy.model import Agent, AgentRequest
-    from proxy.policy.embedded import EmbeddedEngine
+    from proxy.policy.embedded import ROUTE_AFTER, EmbeddedEngine
     from proxy.policy.input import build_input
 
     engine = EmbeddedEngine.load([ROOT / "policies"])
@@ -40,6 +41,17 @@ def policy_eval_samples(n: int = 3000) -> dict[str, tuple[list[float], list[floa
         body = b'{"amount": %d, "currency": "usd", "customer": "cus_123"}' % (25000 + i)
         return AgentRequest("POST", "https", "api.stripe.com", 443, "/v1/charges",
                             (("host", "api.stripe.com"), ("content-type", "application/json")), body)
+
+    async def warm() -> None:
+        """As a busy gate: enough evaluations for the engine to prepare its routes, and
+        one round per host after that, for each host to learn the route it needs."""
+        for round_ in range(4):
+            for i in range(ROUTE_AFTER if round_ == 0 else 8):
+                for make in (allow, hold):
+                    await engine.decide(build_input(make(-1 - i), agent, time.time()))
+            engine.settle()
+
+    asyncio.run(warm())
 
     def samples(make: Callable[[int], AgentRequest], vary: bool) -> list[float]:
         out = []
