@@ -45,10 +45,10 @@ def policy_eval_samples(n: int = 3000) -> dict[str, tuple[list[float], list[floa
     async def warm() -> None:
         """As a busy gate: enough evaluations for the engine to prepare its routes, and
         one round per host after that, for each host to learn the route it needs."""
-        for round_ in range(4):
+        for round_ in range(6):  # each input new: the decision cache would answer a repeat
             for i in range(ROUTE_AFTER if round_ == 0 else 8):
                 for make in (allow, hold):
-                    await engine.decide(build_input(make(-1 - i), agent, time.time()))
+                    await engine.decide(build_input(make(-1 - i - 1000 * round_), agent, time.time()))
             engine.settle()
 
     asyncio.run(warm())

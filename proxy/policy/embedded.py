@@ -42,7 +42,7 @@ from proxy.policy.input_refs import InputRefs, input_refs, prune, pure
 from proxy.policy.rego_errors import error_text, load_error, node_text
 from proxy.policy.rego_files import PACKAGE, DataFile, check_declared, collect, load_data
 from proxy.policy.rego_input import INPUT_ERRORS, set_input
-from proxy.policy.routing import Compiled, Router
+from proxy.policy.routing import Router
 
 _QUERY = re.compile(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+")
 UNDEFINED = object()
@@ -214,24 +214,28 @@ class EmbeddedEngine:
         return query_value(self._rego, self._bundle, entrypoint)
 
     def _prepare_routes(self) -> None:
-        """On the engine's thread: the router, and the first route (routing.py, rule 5)."""
+        """On the engine's thread: the router and its first route (routing.py, rule 5).
+        Compiling uses interpreters of its own, so the loop goes on evaluating meanwhile
+        (as a policy reload does); only handing the result over takes the lock."""
         assert self._sources is not None
+        try:
+            router = Router.prepare(*self._sources, compile_policies)
+        except (PolicyLoadError, regopy.RegoError, OSError, ValueError, KeyError, TypeError):
+            return  # the bundle cannot be read back: no routes, the full bundle serves
+        if router is None:
+            return
+        start = router.route(None)[0]
+        route = router.build(start)
         with self._lock:
-            if self._rego is None or self._bundle is None:
-                return
-            full: Compiled = (self._rego, self._bundle)
-            try:
-                router = Router.prepare(*self._sources, full, compile_policies)
-            except (regopy.RegoError, OSError, ValueError, KeyError, TypeError):
-                return  # the bundle cannot be read back: no routes, the full bundle serves
-            if router is not None:
-                router.compile(router.route(None)[0])
+            router.install(start, route)
             self._router = router
 
     def _compile_route(self, needed: frozenset[str]) -> None:
+        router = self._router
+        assert router is not None
+        route = router.build(needed)
         with self._lock:
-            if self._router is not None and self._rego is not None:
-                self._router.compile(needed)
+            router.install(needed, route)
             self._compiling.discard(needed)
 
     def _cache_key(self, entrypoint: str, doc: dict[str, Any]) -> tuple[str, str] | None:

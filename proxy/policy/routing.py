@@ -83,13 +83,14 @@ class Router:
 
     @classmethod
     def prepare(cls, modules: dict[str, str], data_files: list[DataFile], entrypoints: list[str],
-                full: Compiled, compile: Compile) -> Router | None:
-        """A router for these policies, or None when no package can be left out."""
+                compile: Compile) -> Router | None:
+        """A router for these policies, or None when no package can be left out. Compiles
+        the policies once more, to read every rule back from the bundle."""
         packages = packages_of(modules)
         entry = {owner(e.split("/"), packages) for e in entrypoints}
         if None in entry or len(packages) < 2:
             return None
-        rules = rule_paths(*full)
+        rules = rule_paths(*compile(modules, data_files, entrypoints))
         stubs = {
             package: tripwire(package, [(path, arity) for path, arity in rules
                                         if owner(path[:-1], packages, rule=False) == package])
@@ -114,17 +115,21 @@ class Router:
         """True when this set has no bundle yet and one may be compiled for it."""
         return needed is not FULL and needed not in self._bundles and len(self._bundles) < ROUTES
 
-    def compile(self, needed: frozenset[str]) -> None:
-        """Compile the route for this set (on the engine's thread, under its lock)."""
+    def build(self, needed: frozenset[str]) -> Compiled | None:
+        """The route for this set, or None when it does not compile. Reads nothing that
+        changes: runs on the engine's thread while the loop evaluates (rule 5)."""
         modules = {name: source for name, source in self._modules.items()
                    if package_of(source) not in self._stubs or package_of(source) in needed}
         for package, source in self._stubs.items():
             if package not in needed:
                 modules[_STUB_MODULE.format(package)] = source
         try:
-            self._bundles[needed] = self._compile(modules, self._data_files, self._entrypoints)
+            return self._compile(modules, self._data_files, self._entrypoints)
         except PolicyLoadError:
-            self._bundles[needed] = None  # never used: rule 5
+            return None  # never used
+
+    def install(self, needed: frozenset[str], route: Compiled | None) -> None:
+        self._bundles[needed] = route
 
     def tripped(self, host: Any, needed: frozenset[str], error: str) -> None:
         """A route failed for this host: learn the package it reached (rule 4)."""
