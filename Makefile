@@ -33,8 +33,9 @@ test: $(VENV)/.installed chromium prometheus
 
 # Benchmarks (not tests): wrk, tinyproxy and squid from Debian's packages.
 bench: $(VENV)/.installed
-	@command -v wrk >/dev/null 2>&1 && command -v tinyproxy >/dev/null 2>&1 && command -v squid >/dev/null 2>&1 || \
-		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk tinyproxy squid >/dev/null; }
+	@PATH="$$PATH:/usr/sbin"; for tool in wrk tinyproxy squid nginx taskset; do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+		[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq wrk tinyproxy squid nginx util-linux >/dev/null; }
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/bench_tls.py --runs 3
 

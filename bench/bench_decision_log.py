@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import ALLOW_ALL, HITL, PY, ROOT, free_port, start, stop, wait_port, wrk
+from harness import ALLOW_ALL, HITL, PY, ROOT, free_port, start, stop, wait_port, wrk
 
 from proxy.decision_log import DecisionRecorder
 from proxy.model import Action, Agent, AgentRequest, Decision

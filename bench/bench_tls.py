@@ -26,7 +26,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HITL, PY, free_port, start, start_tinyproxy, stop, wait_port
+from harness import (
+    HITL,
+    LOAD_CORE,
+    PIN,
+    PY,
+    SERVER_CORE,
+    free_port,
+    machine_header,
+    process_cpu,
+    start,
+    start_tinyproxy,
+    stop,
+    wait_port,
+)
 
 BIG = 1024 * 1024
 SMALL_BODY = b'{"ok": true}\n'
@@ -138,12 +151,6 @@ async def _load(target: tuple[str, int], host: str, proxy: int | None, ctx: ssl.
     return totals[0] / elapsed, totals[1] / elapsed
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def group_cpu(pgid: int) -> float:
     """CPU seconds used so far by the live processes of a process group (tinyproxy forks)."""
     total = 0.0
@@ -193,6 +200,10 @@ def main() -> int:
         return 0
     import trustme
 
+    if PIN:  # this process is the load generator: core 0; upstream and proxies: core 1
+        os.sched_setaffinity(0, {LOAD_CORE})
+    print(machine_header(), flush=True)
+
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ca = trustme.CA()
@@ -212,8 +223,9 @@ def main() -> int:
             f"  upstream_ca_bundle: {tmp}/up-ca.pem\nreview:\n  listen: 127.0.0.1:{review_port}\n"
             f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data/hitl.db\n"
             f"log:\n  level: warning\n  format: json\n")
-        procs = [start([PY, __file__, "--upstream", str(up_port), str(tmp / "up.pem"), str(tmp / "up.key")]),
-                 start([HITL, "serve", "-c", str(tmp / "hitl.yaml")])]
+        procs = [start([PY, __file__, "--upstream", str(up_port), str(tmp / "up.pem"), str(tmp / "up.key")],
+                       core=SERVER_CORE),
+                 start([HITL, "serve", "-c", str(tmp / "hitl.yaml")], core=SERVER_CORE)]
         tiny_port = free_port()
         tiny = start_tinyproxy(tmp, tiny_port)  # for comparison: a C proxy's blind tunnel, when installed
         try:
@@ -246,14 +258,14 @@ def main() -> int:
                     via_tiny = tiny is not None and via == tiny_port
 
                     def via_cpu(via_tiny: bool = via_tiny) -> float:
-                        return group_cpu(tiny.pid) if via_tiny else proc_cpu(procs[1].pid)  # type: ignore[union-attr]
+                        return group_cpu(tiny.pid) if via_tiny else process_cpu(procs[1].pid)  # type: ignore[union-attr]
 
-                    cpu0 = [proc_cpu(procs[0].pid), via_cpu(), self_cpu()]
+                    cpu0 = [process_cpu(procs[0].pid), via_cpu(), self_cpu()]
                     t0 = time.perf_counter()
                     rps, bps = load(tgt, host, via, ctx, path, conns, args.duration)
                     wall = time.perf_counter() - t0
                     up, hitl, client = ((now - was) / wall for now, was in zip(
-                        [proc_cpu(procs[0].pid), via_cpu(), self_cpu()], cpu0))
+                        [process_cpu(procs[0].pid), via_cpu(), self_cpu()], cpu0))
                     runs[name].append((rps, bps, hitl if via else 0.0, up, client))
             rows = [(name, conns, *sorted(runs[name], key=lambda r: r[0])[(args.runs - 1) // 2])
                     for name, _t, _h, _v, _c, _p, conns in cases]
@@ -262,7 +274,9 @@ def main() -> int:
                 stop(proc)
     print(f"\nHTTPS through hitl-proxy, {args.duration:g}s per row (median of {args.runs}), keep-alive "
           f"connections opened once; "
-          f"{os.cpu_count()} cores shared by client, upstream and proxy (load average now "
+          + (f"client on core {LOAD_CORE}, upstream and proxy on core {SERVER_CORE}" if PIN else
+             f"{os.cpu_count()} cores shared by client, upstream and proxy")
+          + " (load average now "
           f"{os.getloadavg()[0]:.1f})\n")
     print(f"{'case':<26} {'conns':>5} {'req/s':>9} {'MiB/s':>9} {'proxy CPU':>9} {'req/s per proxy core':>21}"
           f" {'upstream CPU':>12} {'client CPU':>10}")

@@ -1,210 +1,182 @@
-"""Pass-through overhead: requests/s and latency through hitl-proxy, tinyproxy and squid vs
-direct, with wrk sending absolute-form requests (as HTTP_PROXY clients do), plus the policy
-evaluation cost. Prints tables; asserts nothing.
+"""Pass-through cost: requests/s and added latency through hitl-proxy, tinyproxy and squid
+against going straight to nginx, with wrk sending absolute-form GETs of a 1 KiB body (as
+HTTP_PROXY clients do) and an allow-all policy. Prints a Markdown table; asserts nothing.
 
-    make bench                      # or: .venv/bin/python bench/run.py --duration 10
+    make bench                      # every benchmark, with the setup it needs
+    .venv/bin/python bench/run.py [--duration 8] [--reps 2] [--baseline REV] [--workers N]
+
+With two cores and taskset, wrk runs on core 0 and each server (nginx beside it) on core 1:
+one process of hitl-proxy gets one core, as a sidecar pinned to one core does. Every cell
+runs ``--reps`` times, the targets interleaved so that drift on the machine hits them all
+alike; a cell shows the range over its runs. ``--baseline REV`` adds a column for hitl-proxy
+at another commit (checked out into a temporary git worktree, run with this environment),
+so a change is measured before and after in one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
-HITL = str(Path(PY).parent / "hitl-proxy")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    HITL,
+    ROOT,
+    free_port,
+    hitl_config,
+    machine_header,
+    start,
+    start_hitl,
+    start_nginx,
+    start_python_upstream,
+    start_squid,
+    start_tinyproxy,
+    stop,
+    wait_port,
+    wrk,
+)
 
-ALLOW_ALL = 'package hitl\n\ndecision := {"action": "allow", "rule": "bench"}\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+Result = dict[str, float]
 
 
-def start(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, **kw)  # type: ignore[call-overload]
+def _span(values: list[float], fmt: Callable[[float], str]) -> str:
+    lo, hi = min(values), max(values)
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)}"
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _rps(v: float) -> str:
+    return f"{v / 1000:.1f}k" if v >= 10000 else f"{v / 1000:.2f}k" if v >= 1000 else f"{v:.0f}"
 
 
-def wrk(proxy_port: int | None, upstream_port: int, conns: int, duration: int, tmp: Path) -> dict[str, float]:
-    threads = min(2, conns)
-    if proxy_port is None:
-        target = f"http://127.0.0.1:{upstream_port}/"
-        args = []
-    else:
-        script = tmp / "absolute.lua"
-        script.write_text(f'wrk.path = "http://127.0.0.1:{upstream_port}/bench"\n'
-                          f'wrk.headers["Host"] = "127.0.0.1:{upstream_port}"\n')
-        target = f"http://127.0.0.1:{proxy_port}/"
-        args = ["-s", str(script)]
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", *args, target],
-                         check=False, capture_output=True, text=True, timeout=duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    lat = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}  # type: ignore[union-attr]
-    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": float(errors.group(1)) if errors else 0.0}
+def _ms(v: float) -> str:
+    return f"{v:.2f}"
 
 
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+def _added(v: float) -> str:
+    return f"+{v:.2f}" if v >= 0 else f"{v:.2f}"
 
 
-def start_hitl(tmp: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
-    (tmp / "policies").mkdir(exist_ok=True)
-    (tmp / "policies" / "bench.rego").write_text(ALLOW_ALL)
-    review = free_port()
-    config = tmp / f"hitl-{workers}.yaml"
-    config.write_text(
-        f"data_dir: {tmp}/data-{workers}\nproxy:\n  listen: 127.0.0.1:{port}\n  workers: {workers}\n"
-        f"  allow_networks: [127.0.0.0/8]\n  ca_dir: {tmp}/data-{workers}/ca\nreview:\n  listen: 127.0.0.1:{review}\n"
-        f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data-{workers}/hitl.db\n"
-        f"log:\n  level: warning\n  format: json\n")
-    return start([HITL, "serve", "-c", str(config)])
+def table(runs: dict[tuple[str, int], list[Result]], names: list[str], conns: list[int]) -> str:
+    """The Markdown table: a row per measure, a column per target, and hitl ÷ tinyproxy."""
+    header = ["path", *names]
+    ratio = "tinyproxy" in names and "hitl-proxy" in names
+    if ratio:
+        header.append("hitl ÷ tinyproxy")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    direct = {c: [r["p50"] for r in runs[("direct", c)]] for c in conns}
+
+    def row(label: str, cell: Callable[[str, int], str], c: int, ratio_of: str | None) -> None:
+        cells = [cell(name, c) for name in names]
+        if ratio:
+            if ratio_of:
+                mine = sorted(r[ratio_of] for r in runs[("hitl-proxy", c)])
+                theirs = sorted(r[ratio_of] for r in runs[("tinyproxy", c)])
+                cells.append(f"**{sum(mine) / sum(theirs):.2f}×**")
+            else:
+                cells.append("—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for c in conns:
+        row(f"HTTP c={c} req/s", lambda n, c: _span([r["rps"] for r in runs[(n, c)]], _rps), c, "rps")
+        row(f"HTTP c={c} p50 ms" + (" (added over direct)" if c == 1 else ""),
+            lambda n, c: _span([r["p50"] for r in runs[(n, c)]], _ms) if n == "direct" else
+            _span([r["p50"] - min(direct[c]) for r in runs[(n, c)]], _added), c, None)
+        row(f"HTTP c={c} p99 ms", lambda n, c: _span([r["p99"] for r in runs[(n, c)]], _ms), c, None)
+    errors = {n: sum(r["errors"] for c in conns for r in runs[(n, c)]) for n in names}
+    if any(errors.values()):
+        lines.append("\nerrors (non-2xx or socket errors): "
+                     + ", ".join(f"{n} {int(e)}" for n, e in errors.items() if e))
+    return "\n".join(lines)
 
 
-def start_tinyproxy(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
-    if not shutil.which("tinyproxy"):
-        return None
-    conf = tmp / "tinyproxy.conf"
-    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 200\nLogLevel Critical\n"
-                    f"Allow 127.0.0.1\nDisableViaHeader Yes\n")
-    return start(["tinyproxy", "-d", "-c", str(conf)])
-
-
-def start_squid(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
-    squid = shutil.which("squid") or ("/usr/sbin/squid" if Path("/usr/sbin/squid").exists() else None)
-    if not squid:
-        return None
-    conf = tmp / "squid.conf"
-    conf.write_text(
-        f"http_port 127.0.0.1:{port}\nhttp_access allow all\ncache deny all\nshutdown_lifetime 0 seconds\n"
-        f"pid_filename {tmp}/squid.pid\ncache_log {tmp}/squid-cache.log\naccess_log none\n"
-        f"coredump_dir {tmp}\nworkers 1\n")
-    return start([squid, "-N", "-f", str(conf)])
-
-
-def policy_eval_p50(n: int = 3000) -> dict[str, tuple[float, float]]:
-    """p50 µs of input build + evaluation + decision parse with the shipped policies, for a
-    GET to an unlisted host (allow) and a Stripe charge (hold): each input new (the path or
-    the amount changes every time), and the same input again (the engine's decision cache)."""
-    sys.path.insert(0, str(ROOT))
-    from proxy.model import Agent, AgentRequest
-    from proxy.policy.embedded import EmbeddedEngine
-    from proxy.policy.input import build_input
-
-    engine = EmbeddedEngine.load([ROOT / "policies"])
-    agent = Agent("billing-agent", "127.0.0.1")
-
-    def allow(i: int) -> AgentRequest:
-        return AgentRequest("GET", "https", "example.com", 443, f"/v1/items/{i}?page=2",
-                            (("host", "example.com"), ("user-agent", "agent/1.0"), ("accept", "*/*")), b"")
-
-    def hold(i: int) -> AgentRequest:
-        body = b'{"amount": %d, "currency": "usd", "customer": "cus_123"}' % (25000 + i)
-        return AgentRequest("POST", "https", "api.stripe.com", 443, "/v1/charges",
-                            (("host", "api.stripe.com"), ("content-type", "application/json")), body)
-
-    def p50(make: Any, vary: bool) -> float:
-        samples = []
-        for i in range(n):
-            r = make(i if vary else 0)
-            t = time.perf_counter()
-            coro = engine.decide(build_input(r, agent, time.time()))
-            try:  # decide() never awaits anything: drive the coroutine by hand, no loop overhead
-                coro.send(None)
-            except StopIteration:
-                pass
-            samples.append(time.perf_counter() - t)
-        return statistics.median(samples) * 1e6
-
-    return {"new": (p50(allow, True), p50(hold, True)), "repeated": (p50(allow, False), p50(hold, False))}
+def baseline_tree(rev: str, tmp: Path) -> Path:
+    path = tmp / "baseline-src"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
+    return path
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--conns", default="1,32")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="proxy.workers for the second hitl-proxy row (default: the core count)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=8, help="seconds per run (default 8)")
+    ap.add_argument("--reps", type=int, default=2, help="runs per cell, targets interleaved (default 2)")
+    ap.add_argument("--conns", default="1,32", help="connection counts (default 1,32)")
+    ap.add_argument("--baseline", metavar="REV", help="also measure hitl-proxy at this git revision")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="also measure hitl-proxy with proxy.workers N (processes; unpinned cores)")
+    ap.add_argument("--only", help="comma-separated targets to run (direct is always run)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (make bench installs it)", file=sys.stderr)
         return 1
+    conns = [int(c) for c in args.conns.split(",")]
+    print(machine_header(), flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        up_port, tiny_port, squid_port = free_port(), free_port(), free_port()
-        procs = {"upstream": start([PY, str(ROOT / "bench" / "upstream_server.py"), str(up_port)])}
+        up_port = free_port()
+        upstream = start_nginx(tmp, up_port)
+        upstream_name = "nginx"
+        if upstream is None:
+            print("# nginx is not installed: the upstream is bench/upstream_server.py (Python; slower)")
+            upstream, upstream_name = start_python_upstream(up_port), "python"
+        procs = {"upstream": upstream}
         ports: dict[str, int | None] = {"direct": None}
-        for workers in sorted({1, args.workers}):
-            name = f"hitl-proxy/{workers}"  # proxy.workers: processes serving the listener
-            ports[name] = free_port()
-            procs[name] = start_hitl(tmp, ports[name], workers)  # type: ignore[arg-type]
-        tiny = start_tinyproxy(tmp, tiny_port)
-        squid = start_squid(tmp, squid_port)
-        if tiny:
-            procs["tinyproxy"], ports["tinyproxy"] = tiny, tiny_port
-        if squid:
-            procs["squid"], ports["squid"] = squid, squid_port
+        wanted = set(args.only.split(",")) if args.only else None
+
+        def add(name: str, proc: subprocess.Popen[bytes] | None, port: int) -> None:
+            if proc is not None:
+                procs[name], ports[name] = proc, port
+
+        def want(name: str) -> bool:
+            return wanted is None or name in wanted
+
+        if want("tinyproxy"):
+            port = free_port()
+            add("tinyproxy", start_tinyproxy(tmp, port), port)
+        if want("squid"):
+            port = free_port()
+            add("squid", start_squid(tmp, port), port)
+        if want("hitl-proxy"):
+            port = free_port()
+            add("hitl-proxy", start_hitl(hitl_config(tmp, "hitl", port)), port)
+        worktree = None
         try:
+            if args.baseline:
+                worktree = baseline_tree(args.baseline, tmp)
+                port = free_port()
+                add(f"hitl-proxy@{args.baseline}", start_hitl(hitl_config(tmp, "base", port), worktree), port)
+            if args.workers > 1:
+                port = free_port()
+                proc = start([HITL, "serve", "-c", str(hitl_config(tmp, "multi", port, workers=args.workers))])
+                add(f"hitl-proxy/{args.workers}", proc, port)
             wait_port(up_port)
-            for name, port in ports.items():
+            for port in ports.values():
                 if port is not None:
                     wait_port(port)
-            rows = []
-            for conns in (int(c) for c in args.conns.split(",")):
-                base = None
-                for name, port in ports.items():
-                    wrk(port, up_port, conns, 1, tmp)  # warm-up
-                    res = wrk(port, up_port, conns, args.duration, tmp)
-                    base = base or res
-                    rows.append((name, conns, res, base))
+            runs: dict[tuple[str, int], list[Result]] = {(n, c): [] for n in ports for c in conns}
+            for rep in range(args.reps):
+                for c in conns:
+                    for name, port in ports.items():
+                        if rep == 0:
+                            wrk(port, up_port, c, 1, tmp)  # warm-up: connections, caches, pools
+                        runs[(name, c)].append(wrk(port, up_port, c, args.duration, tmp))
+                        print(f"  {name} c={c} run {rep + 1}: {runs[(name, c)][-1]['rps']:.0f} req/s",
+                              file=sys.stderr, flush=True)
         finally:
             for proc in procs.values():
                 stop(proc)
-    print(f"\npass-through, allow-all policy, wrk {args.duration}s per row, {os.cpu_count()} cores shared "
-          "by wrk, upstream and proxy; hitl-proxy/N = proxy.workers N\n")
-    print(f"{'target':<14} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'non-2xx':>8}")
-    for name, conns, res, base in rows:
-        print(f"{name:<14} {conns:>5} {res['rps']:>10.0f} {res['p50']:>8.2f} {res['p99']:>8.2f} "
-              f"{res['p50'] - base['p50']:>8.2f} {res['p99'] - base['p99']:>8.2f} {res['non2xx']:>8.0f}")
-    evals = policy_eval_p50()
-    print("\npolicy evaluation, shipped policies (input build + eval + decision parse), p50 µs of 3000\n")
-    print(f"{'input':<34} {'each new':>9} {'repeated':>9}")
-    for i, label in enumerate(("GET to an unlisted host (allow)", "POST Stripe charge (hold)")):
-        print(f"{label:<34} {evals['new'][i]:>9.0f} {evals['repeated'][i]:>9.0f}")
+            if worktree is not None:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+    print(f"\n## Pass-through: absolute-form GET of a 1 KiB body from {upstream_name}, allow-all policy, "
+          f"one process each; wrk {args.duration:g} s × {args.reps} runs per cell (range)\n")
+    print(table(runs, list(ports), conns))
+    if "tinyproxy" in ports:
+        print("\ntinyproxy closes the agent's connection after every response (wrk reconnects); the "
+              "others keep it alive.")
     return 0
 
 

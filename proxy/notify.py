@@ -6,7 +6,7 @@ and posts each event to every configured webhook, each post in a task of its own
 Rule 1. Notifying never blocks the agent or the gate: a slow or dead webhook delays nothing
         but its own post (bounded by ``TIMEOUT``), and the bus is drained at once.
 Rule 2. A failed post (connection error, timeout, a non-2xx answer) is retried once, then
-        counted in ``hitl_notify_failures_total`` and logged — by host only, since a Slack
+        counted in ``hitl_notify_errors_total{channel="webhook"}`` and logged — by host only, since a Slack
         webhook URL is itself a secret.
 Rule 3. At most ``MAX_IN_FLIGHT`` posts run at once; beyond that a notification is dropped
         and counted as a failure, so that a dead webhook under a burst of holds cannot grow
@@ -103,7 +103,7 @@ class Notifier:
         review_url = f"{self.public_url}/requests/{event['id']}"
         for hook in self.webhooks:
             if len(self._in_flight) >= MAX_IN_FLIGHT:  # Rule 3
-                self.metrics.notify_failures.labels(hook.format).inc()
+                self._count_failure(hook)
                 log.error("webhook to %s skipped for %s: %d notifications already in flight",
                           _where(hook.url), event["id"], MAX_IN_FLIGHT)
                 continue
@@ -111,6 +111,12 @@ class Notifier:
             task = asyncio.create_task(self._post(hook, payload, event["id"]))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+
+    def _count_failure(self, hook: Webhook) -> None:
+        # The per-channel count of docs/operations.md (Slack's API calls count as channel="slack"), and the
+        # older per-format one that existing alerts may read.
+        self.metrics.notify_errors.labels("webhook").inc()
+        self.metrics.notify_failures.labels(hook.format).inc()
 
     async def _post(self, hook: Webhook, payload: dict[str, Any], request_id: str) -> None:
         problem = ""
@@ -127,7 +133,7 @@ class Notifier:
             problem = f"HTTP {response.status_code}"
             if response.status_code < 500 and response.status_code != 429:
                 break  # a client error will not fix itself
-        self.metrics.notify_failures.labels(hook.format).inc()
+        self._count_failure(hook)
         log.warning("webhook notification to %s for %s failed: %s", _where(hook.url), request_id, problem,
                     extra={"request_id": request_id, "webhook_host": _where(hook.url)})
 

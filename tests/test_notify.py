@@ -88,6 +88,7 @@ def test_new_hold_is_posted_as_json_and_slack_without_blocking_the_agent(
     for secret in ("4242", "hunter2", "sk_live_abc", "5000"):  # no query, body or header
         assert secret not in everything
     assert "hitl_notify_failures_total" not in scrape(hitl)
+    assert "hitl_notify_errors_total" not in scrape(hitl)
 
 
 def test_failed_webhooks_are_counted_and_logged_by_host_only(
@@ -103,6 +104,7 @@ def test_failed_webhooks_are_counted_and_logged_by_host_only(
     m = scrape(hitl)
     assert value(m, "hitl_notify_failures_total", format="slack") == 1
     assert value(m, "hitl_notify_failures_total", format="json") == 1
+    assert value(m, "hitl_notify_errors_total", channel="webhook") == 2
     assert len(hooks.to("/fail")) == 2  # a 5xx is retried once
     warnings = [r.getMessage() for r in caplog.records if r.name == "hitl.notify"]
     assert len(warnings) == 2 and all("SECRET" not in w for w in warnings)
