@@ -153,6 +153,25 @@ LAYOUTS = {
                      'else := {"action": "allow"}\n',
         "corp.rego": 'package corp\n\ndecide := {"action": "allow", "n": to_number(input.request.path)}\n',
     },
+    # Ref heads that write into a nested package's namespace: that package is never left out.
+    "a function defined from the enclosing package too": {
+        "main.rego": 'package hitl\n\nlib.f(x) := 1 if x == "GET"\n\ndecision := {"action": "allow", "rule":'
+                     ' format_int(data.hitl.lib.f(input.request.method), 10)} if input.request.host == "a.example"\n'
+                     'else := {"action": "allow", "rule": "other"}\n',
+        "lib.rego": 'package hitl.lib\n\nf(x) := 2 if x != "POST"\n',
+    },
+    "a conflict between the enclosing package and the nested one": {
+        "main.rego": 'package hitl\n\nlib.v := 1\n\ndecision := {"action": "allow", "rule":'
+                     ' format_int(data.hitl.lib.v, 10)} if input.request.host == "a.example"\n'
+                     'else := {"action": "allow", "rule": "other"}\n',
+        "lib.rego": 'package hitl.lib\n\nv := 2 if input.request.method == "GET"\n',
+    },
+    "a partial set with members on both sides": {
+        "main.rego": 'package hitl\n\nlib.tags contains "main"\n\ndecision := {"action": "allow", "rule":'
+                     ' concat(",", sort(data.hitl.lib.tags))} if input.request.host == "a.example"\n'
+                     'else := {"action": "allow", "rule": "other"}\n',
+        "lib.rego": 'package hitl.lib\n\ntags contains "lib" if input.request.method == "GET"\n',
+    },
     "everything in one package": {
         "main.rego": 'package hitl\n\ndefault decision := {"action": "allow"}\n\n'
                      'decision := {"action": "deny"} if input.request.method == "DELETE"\n',

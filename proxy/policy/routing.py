@@ -71,8 +71,10 @@ class Router:
     """The packages each host needs, and a bundle for each set of packages."""
 
     def __init__(self, modules: dict[str, str], data_files: list[DataFile],
-                 entrypoints: list[str], stubs: dict[str, str], compile: Compile) -> None:
+                 entrypoints: list[str], stubs: dict[str, str], compile: Compile,
+                 rules: frozenset[tuple[str, int]]) -> None:
         self._compile = compile
+        self._rules = rules  # every rule of the full bundle: (path, arity)
         self._modules = modules
         self._data_files = data_files
         self._entrypoints = entrypoints
@@ -94,9 +96,11 @@ class Router:
         stubs = {
             package: tripwire(package, [(path, arity) for path, arity in rules
                                         if owner(path[:-1], packages, rule=False) == package])
-            for package in packages if package not in entry
+            for package in packages - entry - reached_from_above(modules, packages)
         }
-        return cls(modules, data_files, entrypoints, stubs, compile) if stubs else None
+        if not stubs:
+            return None
+        return cls(modules, data_files, entrypoints, stubs, compile, frozenset(rules_set(rules)))
 
     def route(self, host: Any) -> tuple[frozenset[str], Compiled | None]:
         """The host's set of packages and its bundle (None: use the full bundle)."""
@@ -124,9 +128,12 @@ class Router:
             if package not in needed:
                 modules[_STUB_MODULE.format(package)] = source
         try:
-            return self._compile(modules, self._data_files, self._entrypoints)
-        except PolicyLoadError:
+            route = self._compile(modules, self._data_files, self._entrypoints)
+            # Every rule of the full bundle, no more, no fewer, as the original or its tripwire.
+            same = rules_set(rule_paths(*route)) == self._rules
+        except (PolicyLoadError, regopy.RegoError, OSError, ValueError, KeyError, TypeError):
             return None  # never used
+        return route if same else None
 
     def install(self, needed: frozenset[str], route: Compiled | None) -> None:
         self._bundles[needed] = route
@@ -137,6 +144,28 @@ class Router:
         found = {m.group(1) for m in _TRIPPED.finditer(error)} & set(self._stubs)
         grown = needed | found if found and not found <= needed else FULL
         self._hosts[key] = grown
+
+
+def rules_set(rules: list[tuple[list[str], int]]) -> set[tuple[str, int]]:
+    return {(".".join(path), arity) for path, arity in rules}
+
+
+def reached_from_above(modules: dict[str, str], packages: set[str]) -> set[str]:
+    """The packages into which a module of an enclosing package writes rules through a
+    ref head (``package hitl`` with ``lib.extra := 1`` writes into ``hitl.lib``): the rule
+    would have definitions on both sides of a route, so such a package is never left out.
+    Read from the text, generously: any line that begins with ``name.`` or ``name[``,
+    indented or not (a call such as ``lib.who(a)`` in a rule body counts too)."""
+    reached = set()
+    for source in modules.values():
+        outer = package_of(source)
+        for package in packages:
+            if outer is None or not package.startswith(outer + "."):
+                continue
+            first = re.escape(package[len(outer) + 1:].split(".")[0])
+            if re.search(rf"^\s*(default\s+)?{first}\s*[.\[]", source, re.MULTILINE):
+                reached.add(package)
+    return reached
 
 
 def packages_of(modules: dict[str, str]) -> set[str]:
