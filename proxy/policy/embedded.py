@@ -208,7 +208,7 @@ class EmbeddedEngine:
                 self._executor().submit(self._compile_route, needed)
             return query_value(self._rego, self._bundle, entrypoint)
         try:
-            return query_value(self._rego, route[1], entrypoint, tripwire=True)
+            return query_value(self._rego, route, entrypoint, tripwire=True)
         except Tripped as exc:
             router.tripped(host, needed, exc.text)
         return query_value(self._rego, self._bundle, entrypoint)
@@ -219,7 +219,7 @@ class EmbeddedEngine:
         (as a policy reload does); only handing the result over takes the lock."""
         assert self._sources is not None
         try:
-            router = Router.prepare(*self._sources, compile_policies)
+            router = Router.prepare(*self._sources)
         except (PolicyLoadError, regopy.RegoError, OSError, ValueError, KeyError, TypeError):
             return  # the bundle cannot be read back: no routes, the full bundle serves
         if router is None:
