@@ -2,6 +2,9 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
+# Test processes (pytest-xdist): the tests mostly wait on sockets and subprocesses, so
+# three share two cores well (1070 tests: 11.5 min in one process, under 5 in three).
+TEST_JOBS ?= 3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install chromium prometheus bench lint clean demo
@@ -29,7 +32,7 @@ prometheus:
 
 test: $(VENV)/.installed chromium prometheus
 	$(VENV)/bin/hitl-proxy policy test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 # Benchmarks (not tests): wrk, tinyproxy and squid from Debian's packages.
 bench: $(VENV)/.installed

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from harness import (
     free_port,
     hitl_config,
     machine_header,
+    rss_mib,
     start,
     start_hitl,
     start_nginx,
@@ -157,6 +159,8 @@ def main() -> int:
             for port in ports.values():
                 if port is not None:
                     wait_port(port)
+            time.sleep(1.0)  # started: policies compiled, store opened
+            idle = {n: rss_mib(procs[n].pid) for n in procs if n.startswith("hitl-proxy")}
             runs: dict[tuple[str, int], list[Result]] = {(n, c): [] for n in ports for c in conns}
             for rep in range(args.reps):
                 for c in conns:
@@ -174,6 +178,10 @@ def main() -> int:
     print(f"\n## Pass-through: absolute-form GET of a 1 KiB body from {upstream_name}, allow-all policy, "
           f"one process each; wrk {args.duration:g} s × {args.reps} runs per cell (range)\n")
     print(table(runs, list(ports), conns))
+    if idle:
+        print("\nRSS of hitl-proxy at rest, before the load: "
+              + ", ".join(f"{n} {mib:.0f} MiB" for n, mib in idle.items())
+              + " (proxy.workers > 1: the parent process only)")
     if "tinyproxy" in ports:
         print("\ntinyproxy closes the agent's connection after every response (wrk reconnects); the "
               "others keep it alive.")

@@ -9,7 +9,6 @@ modules are imported only when their command runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import os
@@ -316,13 +315,13 @@ def _one_line(exc: Exception) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from proxy.cli.runtime import serve
+    from proxy.cli.runtime import run, serve
     from proxy.config import load_settings
     from proxy.logs import setup_logging
 
     settings = load_settings(args.config, os.environ)
     setup_logging(settings.log)
-    return asyncio.run(serve(settings, args.role, args.worker_of, args.ready_fd))
+    return run(serve(settings, args.role, args.worker_of, args.ready_fd))
 
 
 def _hash_password() -> int:
