@@ -29,13 +29,11 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
-import h11
-
 from proxy.ca import CertificateAuthority
 from proxy.config import Settings
 from proxy.errors import BadRequest, DeniedByPolicy, GateError, PolicyError, UpstreamError
 from proxy.gate import Gate
-from proxy.http1 import ClientGone, HTTPConnection
+from proxy.http1 import ClientGone, HTTPConnection, Request
 from proxy.model import Action, Agent, Decision
 from proxy.policy.input import canonical_host, connect_input
 from proxy.tunnel import CAN_SPLICE, Tunnel, detach, dial
@@ -83,9 +81,9 @@ class ConnectHandler:
         self.handshake_timeout = HANDSHAKE_TIMEOUT
         self.splice = CAN_SPLICE  # blind tunnels copy with os.splice where the OS has it
 
-    async def handle(self, http: HTTPConnection, event: h11.Request, agent: Agent, request_id: str) -> None:
+    async def handle(self, http: HTTPConnection, event: Request, agent: Agent, request_id: str) -> None:
         host, port = parse_authority(event.target.decode("latin-1"))
-        # A CONNECT has no body; reading to its end lets h11 see the pending protocol switch.
+        # A CONNECT has no body; reading to its end completes the request before the answer.
         await http.read_body(0, None)
         # The destination first (docs/agent-contract.md): a blocked or unresolvable host is refused before
         # the policy is asked, and inner requests reuse this check (upstream.destination).
@@ -147,7 +145,7 @@ class ConnectHandler:
             raise UpstreamError(f"upstream {host}:{port} unreachable: {text}", request_id=request_id)
         try:
             await self._established(http, request_id)
-            early, _closed = http.conn.trailing_data
+            early = http.trailing_data
             agent, buffered = detach(http.reader, http.writer)
         except BaseException:
             upstream.close()
@@ -158,16 +156,16 @@ class ConnectHandler:
                      bytes_.labels("to_agent"), use_splice=self.splice).run(early + buffered)
 
     async def _established(self, http: HTTPConnection, request_id: str) -> None:
-        # h11 takes a 2xx answer to CONNECT as a protocol switch: after it, the socket is ours.
+        # A 2xx answer to CONNECT is a protocol switch (http1.py): after it, the socket is ours.
         await http.send_head(200, [("X-HITL-Request-Id", request_id)], "Connection Established")
-        if http.conn.our_state is not h11.SWITCHED_PROTOCOL:  # pragma: no cover - h11 contract
-            raise ClientGone("h11 did not switch protocols after 200 to CONNECT")
+        if not http.switched:  # pragma: no cover - http1's contract
+            raise ClientGone("no protocol switch after 200 to CONNECT")
 
     # -- interception --------------------------------------------------------------------
     async def _intercept_tls(self, http: HTTPConnection, host: str, port: int, request_id: str) -> None:
         context = self.ca.server_context(host)
         await self._established(http, request_id)
-        early, _closed = http.conn.trailing_data
+        early = http.trailing_data
         if early:
             # The agent sent bytes before it saw our 200; they cannot be handed to the TLS
             # layer that starts now, so the connection is closed rather than misread.

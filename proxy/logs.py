@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy.config import LogSettings
+from proxy.store.records import new_id
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -111,13 +112,15 @@ class Access:
             self.host = authority.rpartition("@")[2]
             self.path = "/" + path.split("?", 1)[0] if slash else "/"
 
-    def finish(self, request_id: str) -> None:
-        """Write the line (when a request was read at all) and close the context."""
+    def finish(self, request_id: str | None = None) -> None:
+        """Write the line (when a request was read at all) and close the context. A request
+        that got no id (the client went away before the gate named it) gets one here, and
+        only when the line is written."""
         _current.reset(self._token)
         if self.method is None or not access_log.isEnabledFor(logging.INFO):
             return
         fields = {
-            "request_id": self.request_id or request_id, "client": self.client, "agent": self.agent,
+            "request_id": self.request_id or request_id or new_id(), "client": self.client, "agent": self.agent,
             "method": self.method, "host": self.host, "path": self.path, "action": self.action,
             "rule": self.rule, "status": self.status, "error": self.error,
             "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),

@@ -14,14 +14,12 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-import h11
-
 from proxy.agents import AgentAuthenticator
 from proxy.config import Settings
 from proxy.errors import BadRequest, GateError, MethodNotAllowed
 from proxy.gate import Gate, Reply
 from proxy.headers import AGENT_HEADER
-from proxy.http1 import ClientGone, HTTPConnection
+from proxy.http1 import ClientGone, HTTPConnection, Request
 from proxy.logs import Access, note
 from proxy.model import DEFAULT_PORTS, Agent, AgentRequest
 from proxy.store.records import new_id
@@ -32,7 +30,7 @@ log = logging.getLogger("hitl.proxy")
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
 _OWN_HEADERS = frozenset({"proxy-authorization", AGENT_HEADER})
 
-ConnectHandler = Callable[[HTTPConnection, h11.Request, Agent, str], Awaitable[None]]
+ConnectHandler = Callable[[HTTPConnection, Request, Agent, str], Awaitable[None]]
 
 
 class ListenError(Exception):
@@ -180,31 +178,32 @@ class ProxyServer:
         """Serve requests on one connection until it closes. ``tls_authority`` is set inside an
         intercepted CONNECT: requests are then origin-form and must name that authority."""
         while True:
-            request_id = new_id()
             access = Access(http.peer)  # the one access line, written after the reply (logs.py)
             try:
                 event = await http.receive_request()
                 if event is None:
                     return
                 access.request(event.method.decode("ascii", "replace"), event.target.decode("latin-1"))
-                await self._handle(http, event, request_id, tls_authority)
+                await self._handle(http, event, tls_authority)
             except GateError as exc:
                 access.status, access.error = exc.status, exc.code
-                access.request_id = exc.request_id
+                # An id for a refusal made before the gate gave the request one: made only
+                # here, not for every request (the gate names allowed requests itself).
+                access.request_id = exc.request_id = exc.request_id or new_id()
                 if not http.can_send:
                     return
-                await http.send_error(exc, request_id)
+                await http.send_error(exc, exc.request_id)
             finally:
-                access.finish(request_id)
+                access.finish()
             if not http.reusable or self._closing:
                 return
 
-    async def _handle(self, http: HTTPConnection, event: h11.Request, request_id: str,
+    async def _handle(self, http: HTTPConnection, event: Request,
                       tls_authority: tuple[str, int] | None) -> None:
         method = event.method.decode("ascii", "replace")
         target = event.target.decode("latin-1")
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
-        lowered = {k.lower(): v for k, v in headers}
+        lowered = dict(headers)  # names come lower-cased (http1.Request); the last one wins
 
         if method == "CONNECT":
             if tls_authority is not None:
@@ -212,7 +211,7 @@ class ProxyServer:
             agent = await self.agents.identify(http.peer, lowered.get("proxy-authorization"), None)
             if self.connect is None:
                 raise MethodNotAllowed("CONNECT (HTTPS through the proxy) is not enabled on this proxy")
-            await self.connect(http, event, agent, request_id)
+            await self.connect(http, event, agent, new_id())
             note(agent=agent.id, status=200)  # the tunnel was established, then closed
             return
 

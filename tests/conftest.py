@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import yaml
+
+from tests.loopback import LoopbackServer, answer, headers_of, read_body
 
 ROOT = Path(__file__).resolve().parent.parent
 HITL = str(Path(sys.executable).parent / "hitl-proxy")
@@ -71,58 +73,29 @@ class Received:
     body: bytes
 
 
-class Upstream:
-    """A real HTTP server on 127.0.0.1 that records every request it gets."""
+class Upstream(LoopbackServer):
+    """A real HTTP server on 127.0.0.1 that records every request it gets. Query flags:
+    ``stall=S`` holds the answer until the test releases it (or S seconds), ``status=N``,
+    ``size=N`` answers N bytes of ``x``."""
 
     def __init__(self) -> None:
         self.received: list[Received] = []
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                rec = Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                with outer.lock:
-                    outer.received.append(rec)
-                    n = len(outer.received)
-                query = parse_qs(urlsplit(self.path).query)
-                if "stall" in query:  # hold the response until the test releases it
-                    outer.release.wait(float(query["stall"][0]))
-                status = int(query.get("status", ["200"])[0])
-                payload = json.dumps({"ok": True, "n": n, "method": self.command, "path": self.path,
-                                      "body": body.decode("utf-8", "replace")}).encode()
-                if "size" in query:
-                    payload = b"x" * int(query["size"][0])
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.send_header("X-HITL-Approved-By", "forged-by-upstream")
-                self.send_header("X-Upstream", "yes")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
-
-            def __getattr__(self, name: str) -> Any:
-                # Any other method the proxy forwards is recorded and answered the same way.
-                if name.startswith("do_"):
-                    return self._handle
-                raise AttributeError(name)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        body = read_body(request)
+        with self.lock:
+            self.received.append(Received(request.command, request.path, headers_of(request), body))
+            n = len(self.received)
+        query = parse_qs(urlsplit(request.path).query)
+        if "stall" in query:
+            self.release.wait(float(query["stall"][0]))
+        payload = json.dumps({"ok": True, "n": n, "method": request.command, "path": request.path,
+                              "body": body.decode("utf-8", "replace")}).encode()
+        if "size" in query:
+            payload = b"x" * int(query["size"][0])
+        answer(request, int(query.get("status", ["200"])[0]), payload,
+               headers={"X-HITL-Approved-By": "forged-by-upstream", "X-Upstream": "yes"})
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -130,11 +103,6 @@ class Upstream:
     def count(self, path_prefix: str = "") -> int:
         with self.lock:
             return sum(1 for r in self.received if r.path.startswith(path_prefix))
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -272,9 +240,10 @@ class ServeProcess:
 
 
 def run_serve(config_path: Path, *extra: str, env: dict[str, str] | None = None,
-              timeout: float = 30) -> ServeProcess:
-    """Start `hitl-proxy serve` and wait for its ready lines and /healthz."""
-    proc = subprocess.Popen([HITL, "serve", "-c", str(config_path), *extra], stdout=subprocess.PIPE,
+              timeout: float = 30, wrapper: tuple[str, ...] = ()) -> ServeProcess:
+    """Start `hitl-proxy serve` (under ``wrapper``, e.g. prlimit) and wait for its ready lines
+    and /healthz."""
+    proc = subprocess.Popen([*wrapper, HITL, "serve", "-c", str(config_path), *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
                             cwd=config_path.parent)
     lines: list[str] = []

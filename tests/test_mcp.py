@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 
 from tests.conftest import ROOT, Hitl
+from tests.loopback import LoopbackServer, answer, read_body
 
 SHIPPED = ROOT / "policies"
 
@@ -102,51 +103,31 @@ class McpUpstream:
         self.thread.join(10)
 
 
-class BatchUpstream:
+class BatchUpstream(LoopbackServer):
     """A JSON-RPC server that takes batches (the SDK's does not): it runs each tools/call
     and records it, and answers every request with its own id."""
 
     def __init__(self) -> None:
         self.runs: list[str] = []
         self.bodies: list[bytes] = []
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                doc = json.loads(body)
-                outer.bodies.append(body)
-                answers = []
-                for msg in doc if isinstance(doc, list) else [doc]:
-                    if msg.get("method") == "tools/call":
-                        outer.runs.append(msg["params"]["name"])
-                    if "id" in msg:
-                        answers.append({"jsonrpc": "2.0", "id": msg["id"], "result": {
-                            "content": [{"type": "text", "text": f"ran {msg.get('method')}"}]}})
-                out = json.dumps(answers if isinstance(doc, list) else answers[0]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        body = read_body(request)
+        doc = json.loads(body)
+        self.bodies.append(body)
+        answers = []
+        for msg in doc if isinstance(doc, list) else [doc]:
+            if msg.get("method") == "tools/call":
+                self.runs.append(msg["params"]["name"])
+            if "id" in msg:
+                answers.append({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                    "content": [{"type": "text", "text": f"ran {msg.get('method')}"}]}})
+        answer(request, 200, answers if isinstance(doc, list) else answers[0])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -3,48 +3,32 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from tests.conftest import Upstream
+from tests.loopback import LoopbackServer, answer, read_body
 from tests.test_metrics import closed_port, scrape, value, wait_until
 
 
-class Hooks:
+class Hooks(LoopbackServer):
     """Records JSON posts. /stall/... answers only once ``release`` is set; /fail/... answers 500."""
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
-        self.release = threading.Event()
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.posts.append((self.path, body))
-                if self.path.startswith("/stall"):
-                    outer.release.wait(20)
-                status = 500 if self.path.startswith("/fail") else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        self.posts.append((request.path, json.loads(read_body(request))))
+        if request.path.startswith("/stall"):
+            self.release.wait(20)
+        answer(request, 500 if request.path.startswith("/fail") else 200, b"ok", "text/plain")
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def to(self, prefix: str) -> list[dict[str, Any]]:
         return [body for path, body in self.posts if path.startswith(prefix)]
@@ -54,9 +38,7 @@ class Hooks:
 def hooks() -> Iterator[Hooks]:
     h = Hooks()
     yield h
-    h.release.set()
-    h.server.shutdown()
-    h.server.server_close()
+    h.close()
 
 
 def test_new_hold_is_posted_as_json_and_slack_without_blocking_the_agent(

@@ -9,13 +9,12 @@ retries attach to the same review item, so the upstream sees the request once.""
 
 from __future__ import annotations
 
-import json
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import stripe
 import trustme
 
 from tests.conftest import Hitl
+from tests.loopback import LoopbackServer, answer, headers_of, read_body
 
 POLICY = r'''
 package hitl
@@ -63,54 +63,29 @@ ANSWERS: dict[str, dict[str, Any]] = {
 }
 
 
-class FakeAPIs:
+class FakeAPIs(LoopbackServer):
     """OpenAI's, Anthropic's and Stripe's endpoints above on one loopback HTTPS server that
     records every request it receives."""
 
     def __init__(self, ca: trustme.CA) -> None:
         self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with outer.lock:
-                    outer.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                path = self.path.split("?", 1)[0]
-                answer = ANSWERS.get(path)
-                payload = json.dumps(answer or {"error": {"message": "no such path"}}).encode()
-                self.send_response(200 if answer else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                if path == "/v1/charges":
-                    self.send_header("Request-Id", "req_upstream")
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(ctx)
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True,
-                                             do_handshake_on_connect=False)
-        self.base = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(tls=ctx)
+        self.base = f"https://127.0.0.1:{self.port}"
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        body = read_body(request)
+        with self.lock:
+            self.received.append((request.path, headers_of(request), body))
+        path = request.path.split("?", 1)[0]
+        found = ANSWERS.get(path)
+        answer(request, 200 if found else 404, found or {"error": {"message": "no such path"}},
+               headers={"Request-Id": "req_upstream"} if path == "/v1/charges" else None)
 
     def count(self, path: str) -> int:
         with self.lock:
             return sum(1 for p, _, _ in self.received if p.startswith(path))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +25,7 @@ import pytest
 
 from proxy.credentials import hash_secret
 from tests.conftest import Hitl, Upstream, start_hitl, write_config
+from tests.loopback import LoopbackServer, answer, headers_of, read_body
 from tests.test_core_flow import in_background
 from tests.test_metrics import scrape, wait_until
 
@@ -34,53 +35,33 @@ CHANNEL = "C0APPROVE"
 TOKENS = {"carol": "tok-carol-0123456789"}
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """Slack's Web API as far as hitl-proxy uses it. ``mode``: ok | fail (HTTP 500) | hang."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        self.lock = threading.Lock()
         self.mode = "ok"
-        self.release = threading.Event()
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                name = self.path.rsplit("/", 1)[-1] if self.path.startswith("/api/") else "respond"
-                with outer.lock:
-                    outer.calls.append((name, json.loads(raw or b"{}"),
-                                        {k.lower(): v for k, v in self.headers.items()}))
-                    n = len(outer.calls)
-                if outer.mode == "hang":
-                    outer.release.wait(30)
-                if outer.mode == "fail":
-                    self._answer(500, b"upstream connect error")
-                    return
-                answer: dict[str, Any] = {"ok": True}
-                if name == "chat.postMessage":
-                    answer |= {"channel": CHANNEL, "ts": f"1700000000.{n:06d}"}
-                self._answer(200, json.dumps(answer).encode())
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        raw = read_body(request)
+        name = request.path.rsplit("/", 1)[-1] if request.path.startswith("/api/") else "respond"
+        with self.lock:
+            self.calls.append((name, json.loads(raw or b"{}"), headers_of(request)))
+            n = len(self.calls)
+        if self.mode == "hang":
+            self.release.wait(30)
+        if self.mode == "fail":
+            answer(request, 500, b"upstream connect error", "application/json; charset=utf-8")
+            return
+        reply: dict[str, Any] = {"ok": True}
+        if name == "chat.postMessage":
+            reply |= {"channel": CHANNEL, "ts": f"1700000000.{n:06d}"}
+        answer(request, 200, reply, "application/json; charset=utf-8")
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        return f"http://127.0.0.1:{self.port}/api"
 
     def of(self, method: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -89,11 +70,6 @@ class FakeSlack:
     def wait(self, method: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
         wait_until(lambda: len(self.of(method)) >= count, timeout)
         return self.of(method)
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

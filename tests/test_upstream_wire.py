@@ -122,9 +122,11 @@ def test_bytes_after_the_response_keep_it_but_not_the_connection(after: bytes) -
 
 class ScriptedUpstream:
     """A keep-alive upstream that answers the n-th request (over all connections) with
-    ``answers[n]``, then keeps the connection open; it counts the connections it accepted."""
+    ``answers[n]``, then keeps the connection open (or closes it, with ``close``); it counts
+    the connections it accepted."""
 
-    def __init__(self, answers: list[bytes]) -> None:
+    def __init__(self, answers: list[bytes], close: bool = False) -> None:
+        self.close = close
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.answers = answers
@@ -157,6 +159,8 @@ class ScriptedUpstream:
                     answer = self.answers[min(self.requests, len(self.answers) - 1)]
                     self.requests += 1
                 conn.sendall(answer)
+                if self.close:
+                    return
 
 
 @pytest.fixture

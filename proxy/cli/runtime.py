@@ -17,11 +17,12 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
+from proxy.cli.open_files import raise_open_files_limit
 from proxy.cli.policy_reload import PolicyReloader
 from proxy.cli.workers import WorkerError, WorkerPool, become_worker, metrics_folder, signal_ready
 from proxy.config import ReviewSettings, Settings
@@ -32,16 +33,17 @@ from proxy.files import private_dir
 from proxy.gate import Gate
 from proxy.metrics import Metrics, share_between_processes
 from proxy.netguard import AddressPolicy
-from proxy.notify import Notifier
 from proxy.policy.embedded import EmbeddedEngine
 from proxy.policy.engine import PolicyEngine
 from proxy.server import ConnectHandler as ConnectHandlerFn
 from proxy.server import ListenError, ProxyServer
-from proxy.slack import SlackChannel
 from proxy.store import open_store
 from proxy.upstream import Upstream
 from review_ui.app import create_app
 from review_ui.auth import ReviewerAuth
+
+if TYPE_CHECKING:
+    from proxy.slack import SlackChannel
 
 log = logging.getLogger("hitl")
 
@@ -130,6 +132,8 @@ class Runtime:
             else:
                 auth = ReviewerAuth(s.review.tokens, self._admin_token())
                 if s.review.slack is not None and primary:  # one poster per deployment (proxy/slack.py)
+                    from proxy.slack import SlackChannel  # imported here: with httpx, ~2 MiB of RSS
+
                     self.slack = SlackChannel(s, self.store, self.metrics, self.gate.clock)
                     self._tasks.append(self.slack.start(self.gate.events))
                 app = create_app(self.gate, auth, self.readiness, settings=s, admin_token=self.admin_token,
@@ -145,6 +149,8 @@ class Runtime:
             self._proxy.connect = self._connect_handler()
             self.proxy_address = await self._proxy.start(sock=sockets["proxy"])
             if s.notify.webhooks:  # holds happen where the proxy listener runs
+                from proxy.notify import Notifier  # imported here: with httpx, ~2 MiB of RSS
+
                 self._tasks.append(Notifier(s.notify.webhooks, s.review.public_url, self.metrics)
                                    .start(self.gate.events))
         if primary:
@@ -303,6 +309,7 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 
 async def serve(settings: Settings, role: str = "all", worker_of: int | None = None,
                 ready_fd: int | None = None) -> int:
+    raise_open_files_limit()  # each waiting agent holds a connection (open_files.py)
     if worker_of is not None:
         become_worker(worker_of)
         role = "proxy"
