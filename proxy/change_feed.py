@@ -50,9 +50,7 @@ class ChangeFeed:
                         if (rec.request_id, status) in self.gate._announced:
                             del self.gate._announced[(rec.request_id, status)]
                             continue
-                        event = self.gate._wakeups.pop(rec.request_id, None)
-                        if event is not None:
-                            event.set()
+                        self.gate.waiters.wake(rec.request_id)
                         self.gate.events.publish({"type": "changed", "id": rec.request_id, "status": status})
             except StoreError as exc:
                 log.warning("cannot follow the store's changes: %s", exc)

@@ -6,7 +6,7 @@ Rule 1. Every request is judged by the policy before anything leaves the proxy. 
         policy cannot answer, the request is refused (``policy_error``): fail closed.
 Rule 2. A held request is written to the store before the agent is told anything, and the
         store decides every transition (see ``store/sql.py``). This module keeps no
-        state of its own but wake-up events; a restart loses nothing.
+        state of its own but the waiting agents' wake-ups (waiters.py); a restart loses nothing.
 Rule 3. A new request whose fingerprint matches a live record attaches to it, so retries
         and duplicates never make a second review item.
 Rule 4. Only the holder of a successful ``claim`` forwards, exactly the bytes whose digest
@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from proxy import mcp
+from proxy import mcp, waiters
 from proxy.change_feed import ChangeFeed
 from proxy.config import Settings
 from proxy.decision_log import DecisionRecorder, ShadowEvent
@@ -78,7 +78,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hitl.gate")
 
 REPLAY_BODY_LIMIT = 1024 * 1024  # responses up to this size are kept for identical retries
-POLL_SECONDS = 1.0  # waiters re-read the store this often, for decisions made by another process
 ANNOUNCED_LIMIT = 10_000
 
 
@@ -124,7 +123,7 @@ class Gate:
         self.clock = clock
         self._secret_headers = settings.proxy.secret_headers
         self._redactor = Redactor(settings.proxy.secret_headers)
-        self._wakeups: dict[str, asyncio.Event] = {}
+        self.waiters = waiters.Waiters()  # agents waiting on holds, woken by _changed and the feed
         self.owner = new_owner()  # this process as a forwarder (store/sql.py, Rule 6)
         self._announced: dict[tuple[str, str], None] | None = None  # see ChangeFeed.watch
         self.sweepers = Sweepers(self)  # deadlines, interrupted forwards, retention, heartbeat
@@ -212,10 +211,12 @@ class Gate:
         # policy holds it): parsing megabytes here would stall the loop all the same.
         rpc = None if doc["request"]["body_truncated"] else mcp.read(
             req, doc["request"]["body"], doc["request"]["headers"].get("content-type"))
+        act = self._act(req, agent, request_id, doc, rpc)
+        del doc  # _act drops it once judged: a held request's wait must not keep its policy input
         if rpc is None or not rpc.answerable:
-            return await self._act(req, agent, request_id, doc, rpc)
+            return await act
         try:  # MCP: answered on the JSON-RPC level, so the client and its model understand
-            reply = await self._act(req, agent, request_id, doc, rpc)
+            reply = await act
         except GateError as exc:
             return await self._mcp_refusal(req, rpc, exc, request_id)
         return self._mcp_readdress(req, rpc, reply)
@@ -223,11 +224,15 @@ class Gate:
     async def _act(self, req: AgentRequest, agent: Agent, request_id: str, doc: dict[str, Any],
                    rpc: mcp.Message | None) -> Reply:
         decision = await self.judge(req, agent, request_id, doc, rpc)
+        del doc  # the decision log keeps its own reference until it is written
         if decision.action is Action.ALLOW:
             return await self._forward_live(req, request_id)
         if decision.action is Action.DENY:
             raise DeniedByPolicy(denial(decision.message), request_id=request_id, rule=decision.rule)
-        return await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
+        held = await self._hold(req, agent, decision, rpc.content_key() if rpc else None)
+        if isinstance(held, Reply):  # a standing grant forwarded it
+            return held
+        return await self.await_outcome(*held)  # _hold's frame is gone while the agent waits
 
     async def _mcp_refusal(self, req: AgentRequest, rpc: mcp.Message, exc: GateError,
                            request_id: str) -> Reply:
@@ -282,7 +287,9 @@ class Gate:
 
     # -- holding -------------------------------------------------------------------------
     async def _hold(self, req: AgentRequest, agent: Agent, decision: Decision,
-                    content_key: str | None = None) -> Reply:
+                    content_key: str | None = None) -> Reply | tuple[str, float]:
+        """Hold the request: a new record, or the live one it repeats (Rule 3). Returns what
+        the agent waits on (record id, end of its wait), or the reply of a standing grant."""
         now = self.clock()
         hold = self.settings.hold
         try:
@@ -332,7 +339,7 @@ class Gate:
             log.info("%s %s %s%s repeats rejected %s: refused again", agent.id, req.method,
                      req.authority, req.path, rec.id)
             raise self._rejection(rec, replayed=True)
-        return await self.await_outcome(rec.id, now + hold.client_wait)
+        return rec.id, now + hold.client_wait
 
     async def _standing_grant(self, req: AgentRequest, agent: Agent, decision: Decision,
                               now: float) -> Grant | None:
@@ -350,14 +357,26 @@ class Gate:
         return None
 
     async def await_outcome(self, request_id: str, wait_until: float) -> Reply:
-        """Wait for a held request's fate, up to ``wait_until``; act on it (Rules 2 and 4)."""
+        """Wait for a held request's fate, up to ``wait_until``; act on it (Rules 2 and 4).
+        While it waits, the agent holds one future and one timer (waiters.py), no copy of the
+        record: it reads the status when woken, and the whole record only for the outcome.
+        One frame for the whole wait: 10,000 waiting agents pay for each frame kept."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                rec = await self.store.get(request_id)
-                if rec is None:
-                    raise StoreUnavailable(f"held request {request_id} vanished from the store",
-                                           request_id=request_id)
-                status = rec.status
+                woken = self.waiters.add(request_id)  # before the read: no change can slip between
+                try:
+                    status = await self.store.status(request_id)
+                    remaining = self._patience(status, wait_until)
+                    if remaining > 0:
+                        timer = loop.call_later(remaining, waiters.resolve, woken)
+                        try:
+                            await woken
+                        finally:
+                            timer.cancel()
+                        continue
+                finally:
+                    self.waiters.discard(request_id, woken)
                 if status is HoldStatus.APPROVED:
                     # Claim and forward are one task shielded from this agent's connection: a
                     # hang-up right after a won claim must not strand the record in forwarding.
@@ -367,6 +386,11 @@ class Gate:
                     if reply is not None:
                         return reply
                     continue  # another waiter claimed it, or its deadline passed: re-read
+                rec = await self.store.get(request_id)
+                if rec is None:
+                    raise StoreUnavailable(f"held request {request_id} vanished from the store",
+                                           request_id=request_id)
+                status = rec.status
                 if status is HoldStatus.FORWARDED:
                     return self._replay(rec)
                 if status is HoldStatus.REJECTED:
@@ -380,20 +404,24 @@ class Gate:
                     raise UpstreamError(f"A reviewer approved this request, but forwarding it failed: "
                                         f"{rec.failure_reason}. It is not sent again automatically.",
                                         request_id=request_id)
-                # pending, or forwarding by someone else
-                if self.stopping and status is HoldStatus.PENDING:
-                    raise self.approval_pending(rec)  # the hold stays in the store for the retry
-                remaining = wait_until - self.clock()
-                if status is HoldStatus.FORWARDING:
-                    remaining += self.settings.proxy.upstream_timeout
-                if remaining <= 0:
-                    raise self.approval_pending(rec)
-                await self._sleep_until_woken(request_id, min(remaining, POLL_SECONDS))
+                if status is HoldStatus.APPROVED:
+                    continue  # approved since the status was read: claim it
+                raise self.approval_pending(rec)  # still undecided, and the wait is over
         except StoreError as exc:
             raise StoreUnavailable("The gate cannot reach its pending store, so the outcome of this "
                                    "held request is unknown here and nothing was sent. Retry the "
                                    "identical request after Retry-After seconds.",
                                    request_id=request_id) from exc
+
+    def _patience(self, status: HoldStatus | None, wait_until: float) -> float:
+        """How long an agent waits on a record in ``status`` before looking again: while it is
+        pending (not when the gate is stopping: the hold stays in the store for the retry) or
+        being forwarded by someone else, until ``wait_until``; otherwise 0, act now."""
+        if status is HoldStatus.PENDING and not self.stopping:
+            return wait_until - self.clock()
+        if status is HoldStatus.FORWARDING:
+            return wait_until - self.clock() + self.settings.proxy.upstream_timeout
+        return 0.0
 
     def approval_pending(self, rec: HoldRecord) -> ApprovalPending:
         """approval_pending, worded for the model: what is going on and what to do next."""
@@ -491,9 +519,7 @@ class Gate:
         """Stop holding agents: each one waiting on a pending hold is answered approval_pending
         at once (docs/agent-contract.md); the holds stay in the store. Forwards in flight go on."""
         self.stopping = True
-        for event in self._wakeups.values():
-            event.set()
-        self._wakeups.clear()
+        self.waiters.wake_all()
 
     async def finish_forwards(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the forwards of approved holds in flight."""
@@ -501,17 +527,8 @@ class Gate:
         if running:
             await asyncio.wait(running, timeout=timeout)
 
-    async def _sleep_until_woken(self, request_id: str, timeout: float) -> None:
-        event = self._wakeups.setdefault(request_id, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
-
     def _changed(self, request_id: str, status: str, **extra: Any) -> None:
-        event = self._wakeups.pop(request_id, None)
-        if event is not None:
-            event.set()
+        self.waiters.wake(request_id)
         self._announce(request_id, status)
         self.events.publish({"type": "changed", "id": request_id, "status": status, **extra})
 

@@ -240,9 +240,10 @@ class ServeProcess:
 
 
 def run_serve(config_path: Path, *extra: str, env: dict[str, str] | None = None,
-              timeout: float = 30) -> ServeProcess:
-    """Start `hitl-proxy serve` and wait for its ready lines and /healthz."""
-    proc = subprocess.Popen([HITL, "serve", "-c", str(config_path), *extra], stdout=subprocess.PIPE,
+              timeout: float = 30, wrapper: tuple[str, ...] = ()) -> ServeProcess:
+    """Start `hitl-proxy serve` (under ``wrapper``, e.g. prlimit) and wait for its ready lines
+    and /healthz."""
+    proc = subprocess.Popen([*wrapper, HITL, "serve", "-c", str(config_path), *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
                             cwd=config_path.parent)
     lines: list[str] = []

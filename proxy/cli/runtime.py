@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from proxy.agents import AgentAuthenticator
+from proxy.cli.open_files import raise_open_files_limit
 from proxy.cli.policy_reload import PolicyReloader
 from proxy.cli.workers import WorkerError, WorkerPool, become_worker, metrics_folder, signal_ready
 from proxy.config import ReviewSettings, Settings
@@ -308,6 +309,7 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 
 async def serve(settings: Settings, role: str = "all", worker_of: int | None = None,
                 ready_fd: int | None = None) -> int:
+    raise_open_files_limit()  # each waiting agent holds a connection (open_files.py)
     if worker_of is not None:
         become_worker(worker_of)
         role = "proxy"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from proxy.errors import StoreError
-from proxy.model import AgentRequest, UpstreamResponse
+from proxy.model import AgentRequest, HoldStatus, UpstreamResponse
 from proxy.store.records import AuditRecord, Grant, HoldRecord
 from proxy.store.sql import busy_timeout
 from proxy.store.sqlite import SqliteBackend
@@ -48,6 +48,9 @@ class AsyncStore:
 
     async def get(self, request_id: str) -> HoldRecord | None:
         return await self._run(self.backend.get, request_id)
+
+    async def status(self, request_id: str) -> HoldStatus | None:
+        return await self._run(self.backend.status, request_id)
 
     async def find_by_fingerprint(self, fp: str, now: float, replay_window: float) -> HoldRecord | None:
         return await self._run(self.backend.find_by_fingerprint, fp, now, replay_window)

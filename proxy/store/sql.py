@@ -243,6 +243,12 @@ class SqlBackend(TuningQueries):  # tuning.py: shadow events, decision log, insi
         rows = self._q("SELECT * FROM requests WHERE id = ?", (request_id,))
         return self._hydrate(rows[0]) if rows else None
 
+    def status(self, request_id: str) -> HoldStatus | None:
+        """The record's status alone: what a waiting agent reads when it is woken (one column,
+        no body, no decisions)."""
+        value = self._scalar("SELECT status FROM requests WHERE id = ?", (request_id,))
+        return None if value is None else HoldStatus(value)
+
     def _must_get(self, request_id: str) -> HoldRecord:
         rec = self.get(request_id)
         if rec is None:
