@@ -81,10 +81,12 @@ def _check(event: Request) -> None:
         raise BadRequest("malformed HTTP request: the request target must be visible ASCII")
     if head_size(event) > MAX_HEADER_BYTES:
         raise BadRequest(f"request head is over the {MAX_HEADER_BYTES}-byte limit", status=431)
-    host = False
+    host = chunked = False
     for name, value in event.headers:
-        if name == b"transfer-encoding" and value.lower() != b"chunked":
-            raise BadRequest(f"malformed HTTP request: unsupported transfer coding {value[:100]!r}")
+        if name == b"transfer-encoding":  # h11 took exactly one "chunked", nothing else
+            if value.lower() != b"chunked" or chunked:
+                raise BadRequest(f"malformed HTTP request: unsupported transfer coding {value[:100]!r}")
+            chunked = True
         host = host or name == b"host"
     if not host and event.http_version == "1.1":
         raise BadRequest("malformed HTTP request: missing mandatory Host header")

@@ -28,6 +28,8 @@ REFUSED = {
     "HTTP/1.1 without Host": "GET http://{UP}/a HTTP/1.1",
     "gzip then chunked": "POST http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nTransfer-Encoding: gzip, chunked",
     "chunked then identity": "POST http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nTransfer-Encoding: chunked, identity",
+    "two Transfer-Encodings": "POST http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nTransfer-Encoding: chunked\r\n"
+                              "Transfer-Encoding: chunked",
     "obs-fold": "GET http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nX-A: 1\r\n  2",
     "a space before the colon": "GET http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nX-A : 1",
     "a NUL in a value": "GET http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nX-A: a\x00b",
