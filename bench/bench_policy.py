@@ -5,7 +5,7 @@ decision cache). Prints a table; asserts nothing.
 
     .venv/bin/python bench/bench_policy.py [--n 3000]
 
-``bench/run.py`` prints the p50 row of ``policy_eval_p50`` in its own table.
+``make bench`` runs it after the pass-through table of ``bench/run.py``.
 """
 
 from __future__ import annotations

@@ -187,3 +187,34 @@ def test_operators_layouts_decide_as_the_full_bundle(tmp_path: Path, layout: str
                          "other.example")
             for method in ("GET", "POST", "DELETE") for path in ("1", "x")]
     assert_same(paths, docs)
+
+
+def test_routes_arrive_while_a_running_loop_evaluates() -> None:
+    """In the gate: concurrent decisions on one loop while routes are prepared and
+    compiled on the engine's thread; every answer is the full bundle's."""
+    docs = sample_docs()
+    full = EmbeddedEngine.load([POLICIES], route_after=None)
+    full._cache = None
+    expected = [outcome(full, doc) for doc in docs]
+    routed = EmbeddedEngine.load([POLICIES], route_after=8)
+    routed._cache = None
+
+    async def one(doc: dict[str, Any]) -> Outcome:
+        try:
+            return ("decision", await routed.decide(doc))
+        except PolicyError as exc:
+            return ("error", exc.message)
+
+    async def rounds() -> None:
+        for _ in range(6):
+            assert list(await asyncio.gather(*(one(doc) for doc in docs))) == expected
+            await asyncio.sleep(0.05)  # the thread compiles meanwhile; the loop does not wait for it
+
+    asyncio.run(rounds())
+    routed.settle()
+    assert routed._router is not None and any(routed._router._bundles.values())
+
+    async def last() -> None:  # with every route the samples asked for in place
+        assert list(await asyncio.gather(*(one(doc) for doc in docs))) == expected
+
+    asyncio.run(last())

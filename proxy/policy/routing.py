@@ -70,6 +70,7 @@ ROUTES = 8  # route bundles kept (1-3 MiB each); a host whose set would need mor
 FULL: frozenset[str] = frozenset({"*"})  # the set of a host that uses the full bundle
 
 _STUB_MODULE = "hitl-route-tripwire:{}.rego"
+_TRIPWIRE = "hitl_route_tripwire__"  # the one failing rule of a tripwire module
 _TRIPPED = re.compile(r"hitl-route-tripwire ([A-Za-z_][\w.]*) ")
 # A package line the router can read whole: a dotted name (no string keys), then nothing.
 _PACKAGE_LINE = re.compile(r"^package\s+[A-Za-z_][\w.]*\s*(#.*)?$", re.MULTILINE)
@@ -248,13 +249,19 @@ def _child() -> None:
 
 
 def tripwire(package: str, rules: list[tuple[list[str], int]]) -> str:
-    """A module of ``package`` in which every rule fails when evaluated. The failure
-    depends on the input, so that no compiler can fold it away into a quiet undefined."""
+    """A module of ``package`` in which every rule fails when evaluated: each refers to one
+    rule that fails (rego-cpp verifies every statement of a bundle before each query, so
+    one statement a rule is 5 µs cheaper on every request than a failure written out in
+    each). The failure depends on the input, so that no compiler can fold it away into a
+    quiet undefined; a package that has a rule of that name gets no route (it does not
+    compile)."""
     depth = len(package.split("."))
-    lines = [f"package {package}", ""]
-    fail = f'to_number(concat("", ["hitl-route-tripwire {package} ", type_name(input)]))'
+    lines = [
+        f"package {package}", "",
+        f'{_TRIPWIRE} := to_number(concat("", ["hitl-route-tripwire {package} ", type_name(input)]))',
+    ]
     for path, arity in sorted(rules):
         head = ".".join(path[depth:])
         params = f"({', '.join('_' for _ in range(arity))})" if arity > 0 else ""
-        lines.append(f"{head}{params} := {fail}")
+        lines.append(f"{head}{params} := {_TRIPWIRE}")
     return "\n".join(lines) + "\n"
