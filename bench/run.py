@@ -31,6 +31,7 @@ from harness import (
     free_port,
     hitl_config,
     machine_header,
+    process_cpu,
     rss_mib,
     start,
     start_hitl,
@@ -57,6 +58,10 @@ def _rps(v: float) -> str:
 
 def _ms(v: float) -> str:
     return f"{v:.2f}"
+
+
+def _us(v: float) -> str:
+    return f"{v:.0f}"
 
 
 def _added(v: float) -> str:
@@ -89,6 +94,8 @@ def table(runs: dict[tuple[str, int], list[Result]], names: list[str], conns: li
             lambda n, c: _span([r["p50"] for r in runs[(n, c)]], _ms) if n == "direct" else
             _span([r["p50"] - min(direct[c]) for r in runs[(n, c)]], _added), c, None)
         row(f"HTTP c={c} p99 ms", lambda n, c: _span([r["p99"] for r in runs[(n, c)]], _ms), c, None)
+        row(f"HTTP c={c} server CPU µs/request", lambda n, c: _span([r["cpu_us"] for r in runs[(n, c)]], _us),
+            c, None)
     errors = {n: sum(r["errors"] for c in conns for r in runs[(n, c)]) for n in names}
     if any(errors.values()):
         lines.append("\nerrors (non-2xx or socket errors): "
@@ -167,7 +174,12 @@ def main() -> int:
                     for name, port in ports.items():
                         if rep == 0:
                             wrk(port, up_port, c, 1, tmp)  # warm-up: connections, caches, pools
-                        runs[(name, c)].append(wrk(port, up_port, c, args.duration, tmp))
+                        pid = procs["upstream" if port is None else name].pid
+                        cpu = process_cpu(pid)
+                        result = wrk(port, up_port, c, args.duration, tmp)
+                        # The server's own CPU per request: what it costs, whatever else runs.
+                        result["cpu_us"] = (process_cpu(pid) - cpu) / max(1.0, result["rps"] * args.duration) * 1e6
+                        runs[(name, c)].append(result)
                         print(f"  {name} c={c} run {rep + 1}: {runs[(name, c)][-1]['rps']:.0f} req/s",
                               file=sys.stderr, flush=True)
         finally:

@@ -184,7 +184,7 @@ class Gate:
             self.recorder.judged(record, decision, now, shadowed)
         if shadowed:
             decision = replace(decision, action=Action.ALLOW)
-        self.metrics.requests.labels(decision.action.value, decision.rule).inc()
+        self.metrics.count_request(decision.action.value, decision.rule)
         note(agent=agent.id, **access, action=decision.action.value, rule=decision.rule)
         return decision
 

@@ -29,6 +29,7 @@ import httptools
 
 from proxy.errors import BadRequest, BodyTooLarge, GateError
 from proxy.headers import to_wire
+from proxy.wire import header_lines, read_within
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
@@ -39,8 +40,6 @@ LINGER_SECONDS = 2.0  # after an error mid-request: how long unread request byte
 LINGER_BYTES = 1024 * 1024
 
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _NO_BODY = frozenset({204, 304})
 
 
@@ -82,10 +81,12 @@ def _check(event: Request) -> None:
         raise BadRequest("malformed HTTP request: the request target must be visible ASCII")
     if head_size(event) > MAX_HEADER_BYTES:
         raise BadRequest(f"request head is over the {MAX_HEADER_BYTES}-byte limit", status=431)
-    host = False
+    host = chunked = False
     for name, value in event.headers:
-        if name == b"transfer-encoding" and value.lower() != b"chunked":
-            raise BadRequest(f"malformed HTTP request: unsupported transfer coding {value[:100]!r}")
+        if name == b"transfer-encoding":  # h11 took exactly one "chunked", nothing else
+            if value.lower() != b"chunked" or chunked:
+                raise BadRequest(f"malformed HTTP request: unsupported transfer coding {value[:100]!r}")
+            chunked = True
         host = host or name == b"host"
     if not host and event.http_version == "1.1":
         raise BadRequest("malformed HTTP request: missing mandatory Host header")
@@ -131,11 +132,14 @@ class HTTPConnection:
         # Set when we answer an error before reading the whole request: see close().
         self._linger = False
         self._head_only = False  # the current request is HEAD: its answers carry no body
+        self._peer: str | None = None
 
     @property
     def peer(self) -> str:
-        peer = self.writer.get_extra_info("peername")
-        return str(peer[0]) if peer else "unknown"
+        if self._peer is None:  # asked for every request: looked up once per connection
+            peer = self.writer.get_extra_info("peername")
+            self._peer = str(peer[0]) if peer else "unknown"
+        return self._peer
 
     @property
     def trailing_data(self) -> bytes:
@@ -207,12 +211,12 @@ class HTTPConnection:
         self._in_message = False
         self._head_open = True
 
-    async def _next_event(self, timeout: float) -> Request | bytes | int:
+    async def _next_event(self, timeout: float, head: bool = False) -> Request | bytes | int:
         while not self._events:
+            if head and self._in_message:
+                timeout = HEAD_TIMEOUT  # a head began: no longer idle, HEAD_TIMEOUT per read
             try:
-                # asyncio.timeout, not wait_for: no extra task per read on the hot path.
-                async with asyncio.timeout(timeout):
-                    data = await self.reader.read(READ_CHUNK)
+                data = await read_within(self.reader, self.writer, timeout, READ_CHUNK)
             except (TimeoutError, ConnectionError) as exc:
                 raise ClientGone() from exc
             if not data:
@@ -236,7 +240,7 @@ class HTTPConnection:
         timeout = IDLE_TIMEOUT if not self._in_message and not self._events else HEAD_TIMEOUT
         self._head_only = False
         try:
-            event = await self._next_event(timeout)
+            event = await self._next_event(timeout, head=True)
         except ClientGone:
             return None
         if not isinstance(event, Request):
@@ -291,8 +295,6 @@ class HTTPConnection:
         length: bytes | None = None
         chunked = False
         for name, value in wire:
-            if not _NAME.fullmatch(name) or not _VALUE.fullmatch(value):
-                raise ClientGone(f"cannot send response: illegal header {name[:100]!r}")
             lowered = name.lower()
             if lowered == b"content-length":
                 length = value
@@ -326,16 +328,16 @@ class HTTPConnection:
             self._must_close = True
             wire = [(n, v) for n, v in wire if n.lower() != b"connection"]
             wire.append((b"Connection", b"close"))
-        self._our = 1
         self._pending = self._head(status, reason, wire)
+        self._our = 1
 
     @staticmethod
     def _head(status: int, reason: str, wire: list[tuple[bytes, bytes]]) -> bytes:
-        out = [b"HTTP/1.1 %d " % status, reason.encode("latin-1", "replace"), b"\r\n"]
-        for name, value in wire:
-            out += (name, b": ", value, b"\r\n")
-        out.append(b"\r\n")
-        return b"".join(out)
+        try:
+            lines = header_lines(wire)
+        except ValueError as exc:
+            raise ClientGone(f"cannot send response: {exc}") from exc
+        return b"".join((b"HTTP/1.1 %d " % status, reason.encode("latin-1", "replace"), b"\r\n", lines, b"\r\n"))
 
     async def send_data(self, data: bytes) -> None:
         if not data:

@@ -56,6 +56,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter("hitl_requests", "Requests judged by policy, by action and rule",
                                 ["action", "rule"], registry=r)
+        self._request_children: dict[tuple[str, str], Any] = {}
         self.decisions = Counter("hitl_decisions", "Outcomes of held requests, by outcome and rule",
                                  ["outcome", "rule"], registry=r)
         self.pending = Gauge("hitl_pending_requests", "Held requests waiting for a decision", registry=r, multiprocess_mode="mostrecent")
@@ -102,6 +103,14 @@ class Metrics:
                               registry=r, multiprocess_mode="mostrecent")
         self._build = Info("hitl_build", "Build information", registry=r)
         self._build.info({"version": __version__})
+
+    def count_request(self, action: str, rule: str) -> None:
+        """``requests{action, rule}`` + 1, with the labelled child kept: ``labels()`` takes a
+        lock and builds a key on every call, and this runs on every request."""
+        child = self._request_children.get((action, rule))
+        if child is None:
+            child = self._request_children[(action, rule)] = self.requests.labels(action, rule)
+        child.inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text of this gate: of every process, when they share their counts."""

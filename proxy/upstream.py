@@ -38,7 +38,7 @@ from proxy.errors import DestinationBlocked, UpstreamError
 from proxy.headers import strip_request_headers, strip_response_headers, to_wire
 from proxy.model import AgentRequest, UpstreamResponse
 from proxy.netguard import AddressPolicy
-from proxy.wire import ResponseError, ResponseParser, request_head
+from proxy.wire import ResponseError, ResponseParser, read_within, request_head
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 READ_CHUNK = 65536
@@ -265,8 +265,7 @@ class Upstream:
         """Read once from the upstream and feed the parser; UpstreamError on a failure, a
         timeout or a malformed response, _StaleConnection when ``stale_ok`` and nothing came."""
         try:
-            async with asyncio.timeout(self.timeout):
-                data = await conn.reader.read(READ_CHUNK)
+            data = await read_within(conn.reader, conn.writer, self.timeout, READ_CHUNK)
         except TimeoutError as exc:
             raise UpstreamError(f"upstream {conn.origin[1]} timed out after {self.timeout:g}s") from exc
         except (OSError, ssl.SSLError) as exc:

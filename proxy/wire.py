@@ -16,8 +16,8 @@ fifth of the proxy's CPU per request. What h11 refused is still refused here:
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterable
 
 import httptools
 
@@ -28,21 +28,60 @@ _VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 
 
-def request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+# Header lines as written: one match over all of them instead of two per header.
+_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*")
+
+
+def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``name: value CRLF`` for each header, or ValueError naming the first one h11 would
+    refuse (a name that is not a token; a value with NUL, CR, LF or whitespace at an end)."""
+    out: list[bytes] = []
+    for name, value in headers:
+        out += (name, b": ", value, b"\r\n")
+    lines = b"".join(out)
+    # One line per header: a CR LF inside a name or value would add one (header injection).
+    if lines.count(b"\n") != len(out) // 4 or not _LINES.fullmatch(lines):
+        for name, value in headers:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"illegal header name {name[:100]!r}")
+            if not _VALUE.fullmatch(value):
+                raise ValueError(f"illegal header value {value[:100]!r}")
+        raise ValueError("illegal header")  # pragma: no cover - one of the above failed
+    return lines
+
+
+def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     """The request line and headers as sent, or ValueError naming what h11 would refuse."""
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"illegal method {method!r}")
     if not _TARGET.fullmatch(target):
         raise ValueError(f"illegal request target {target!r}")
-    out = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"illegal header name {name!r}")
-        if not _VALUE.fullmatch(value):
-            raise ValueError(f"illegal header value {value!r}")
-        out += (name, b": ", value, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+    return b"".join((method, b" ", target, b" HTTP/1.1\r\n", header_lines(headers), b"\r\n"))
+
+
+async def read_within(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float,
+                      size: int = 65536) -> bytes:
+    """``reader.read(size)``, or TimeoutError when nothing came within ``timeout`` seconds;
+    the connection is then closed (every caller gives it up on a timeout anyway).
+
+    A plain timer instead of ``asyncio.timeout()``: no Timeout object, no task cancellation
+    and uncancel on every read (two reads per forwarded request). When it fires, it closes the
+    transport, which ends the read with EOF; the flag tells that EOF from the peer's."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        writer.close()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        data = await reader.read(size)
+    finally:
+        handle.cancel()
+    if expired:
+        raise TimeoutError()
+    return data
 
 
 class ResponseError(Exception):
@@ -127,7 +166,7 @@ class ResponseParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.head_done and not self.done:  # trailers are dropped, as h11 did
-            self.headers.append((name, value))
+            self.headers.append((name, value.strip(b" \t")))  # llhttp keeps trailing whitespace
 
     def on_headers_complete(self) -> None:
         if self.done:

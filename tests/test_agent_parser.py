@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,8 @@ REFUSED = {
     "HTTP/1.1 without Host": "GET http://{UP}/a HTTP/1.1",
     "gzip then chunked": "POST http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nTransfer-Encoding: gzip, chunked",
     "chunked then identity": "POST http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nTransfer-Encoding: chunked, identity",
+    "two Transfer-Encodings": "POST http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nTransfer-Encoding: chunked\r\n"
+                              "Transfer-Encoding: chunked",
     "obs-fold": "GET http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nX-A: 1\r\n  2",
     "a space before the colon": "GET http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nX-A : 1",
     "a NUL in a value": "GET http://{UP}/a HTTP/1.1\r\nHost: {UP}\r\nX-A: a\x00b",
@@ -131,3 +134,53 @@ def test_an_upstream_body_without_a_length_is_chunked_for_http11_and_closed_for_
     else:
         assert b"transfer-encoding" not in head_part.lower() and b"content-length" not in head_part.lower()
         assert body == b"no length here"
+
+
+# -- time limits (http1.HEAD_TIMEOUT / IDLE_TIMEOUT, proxy.upstream_timeout) ------------------
+
+def closed_within(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the proxy sent until it closed the connection, within ``seconds``."""
+    sock.settimeout(seconds)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_client_that_stalls_mid_head_is_disconnected(hitl: Hitl, upstream: Upstream,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.http1.HEAD_TIMEOUT", 0.3)
+    with socket.create_connection(hitl.runtime.proxy_address, timeout=10) as sock:
+        sock.sendall(f"GET {upstream.url('/slow')} HTTP/1.1\r\nHost: 127.0.0.1".encode())
+        started = time.monotonic()
+        assert closed_within(sock, 10) == b""  # closed, nothing answered
+    assert time.monotonic() - started < 5
+    assert upstream.received == []
+
+
+def test_an_idle_keep_alive_connection_is_closed_and_others_still_served(
+        hitl: Hitl, upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.http1.IDLE_TIMEOUT", 0.3)
+    with socket.create_connection(hitl.runtime.proxy_address, timeout=10) as sock:
+        sock.sendall(head(upstream, "GET http://{UP}/one HTTP/1.1", "Host: {UP}"))
+        answer = closed_within(sock, 10)  # answered, then closed once idle
+    assert status_of(answer) == 200 and answer.endswith(b"}")
+    answer, _ = exchange(hitl, head(upstream, "GET http://{UP}/two HTTP/1.1", "Host: {UP}", "Connection: close"))
+    assert status_of(answer) == 200
+    assert [r.path for r in upstream.received] == ["/one", "/two"]
+
+
+def test_an_upstream_that_does_not_answer_in_time_is_a_502_and_is_not_reused(make_hitl: Any) -> None:
+    hitl = make_hitl({"proxy.upstream_timeout": "300ms"})
+    silent = ScriptedUpstream([b"", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    try:
+        with hitl.agent() as agent:
+            started = time.monotonic()
+            late = agent.get(f"http://127.0.0.1:{silent.port}/late")
+            waited = time.monotonic() - started
+            again = agent.get(f"http://127.0.0.1:{silent.port}/again")
+    finally:
+        silent.sock.close()
+    assert late.status_code == 502 and "timed out" in late.json()["error"]["message"]
+    assert waited < 5
+    assert (again.status_code, again.text, silent.connections) == (200, "ok", 2)

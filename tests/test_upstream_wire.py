@@ -27,6 +27,9 @@ def test_a_request_head_is_written_as_given() -> None:
     (b"GET", b"/", [(b"X-A", b" padded")]),
     (b"GET", b"/", [(b"X A", b"1")]),
     (b"GET", b"/", [(b"X-A:", b"1")]),
+    (b"GET", b"/", [(b"X-A: 1\r\nX-Injected", b"1")]),
+    (b"GET", b"/", [(b"X-A", b"1\r\n"), (b"X-B", b"2")]),
+    (b"GET", b"/", [(b"X-A", b"1\r")]),
     (b"GET", b"/", [(b"", b"1")]),
     (b"GET", b"/a b", []),
     (b"GET", b"/a\r\nX: 1", []),
@@ -71,6 +74,11 @@ HOSTILE = {
 def test_a_malformed_response_is_refused(name: str) -> None:
     with pytest.raises(ResponseError):
         parse(HOSTILE[name])
+
+
+def test_whitespace_around_a_response_header_value_is_dropped() -> None:
+    p = parse(b"HTTP/1.1 200 OK\r\nX-A: \t padded \t\r\nContent-Length: 0\r\n\r\n")
+    assert p.headers == [(b"X-A", b"padded"), (b"Content-Length", b"0")]
 
 
 def test_a_response_head_over_the_limit_is_refused() -> None:
@@ -185,6 +193,15 @@ def test_a_hostile_response_is_a_502_and_its_connection_is_not_reused(
     assert bad.status_code == 502, bad.text
     assert bad.json()["error"]["code"] == "upstream_error"
     assert (good.status_code, good.text, server.connections) == (200, "ok", 2)
+
+
+def test_an_upstream_header_with_trailing_whitespace_reaches_the_agent_trimmed(
+        hitl: Hitl, scripted: list[ScriptedUpstream]) -> None:
+    server = ScriptedUpstream([b"HTTP/1.1 200 OK\r\nX-Up: spaced  \r\nContent-Length: 2\r\n\r\nok"])
+    scripted.append(server)
+    with hitl.agent() as agent:
+        r = agent.get(f"http://127.0.0.1:{server.port}/ws")
+    assert (r.status_code, r.headers["x-up"], r.text) == (200, "spaced", "ok")
 
 
 def test_a_head_answer_with_a_content_length_leaves_the_connection_reusable(

@@ -16,7 +16,8 @@ and runs a plan. regopy's own errors and oddities are translated here, and only 
 Around it: ``rego_files`` loads the sources and data, ``rego_errors`` reads rego-cpp's
 error text, ``rego_input`` builds the input through rego-cpp's C calls (``regopy.Input``
 passes strings raw, which breaks comparisons for any string holding a quote or a
-backslash), and ``rego_tests`` runs ``hitl-proxy policy test``.
+backslash), ``routing`` evaluates a request on a bundle that holds only the packages it
+reaches, and ``rego_tests`` runs ``hitl-proxy policy test``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from proxy.policy.input_refs import InputRefs, input_refs, prune, pure
 from proxy.policy.rego_errors import error_text, load_error, node_text
 from proxy.policy.rego_files import PACKAGE, DataFile, check_declared, collect, load_data
 from proxy.policy.rego_input import INPUT_ERRORS, set_input
+from proxy.policy.routing import Router
 
 _QUERY = re.compile(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+")
 UNDEFINED = object()
@@ -50,12 +52,20 @@ CACHE_KEY_LIMIT = 4096  # characters of an input as JSON; a bigger one is evalua
 # copying a big document into rego-cpp takes milliseconds (input.py bounds it). Smaller ones
 # (nearly all) are evaluated in place: a thread hop would cost more than the evaluation.
 INLINE_BODY_BYTES = 16 * 1024
+# Routes (routing.py) are prepared once the engine has run this many evaluations: a busy
+# gate gets them within a second; an engine that answers a handful of requests (a test, a
+# reload that is soon replaced) never pays the 0.1-0.3 s of compiling them.
+ROUTE_AFTER = 256
+
+# What the engine compiled its bundle from, for routing: modules, data files, entrypoints.
+Sources = tuple[dict[str, str], list[DataFile], list[str]]
 
 
 class EmbeddedEngine:
     def __init__(
         self, rego: regopy.Interpreter, bundle: regopy.Bundle, query: str, description: str,
-        refs: InputRefs = None, cache: bool = False,
+        refs: InputRefs = None, cache: bool = False, sources: Sources | None = None,
+        route_after: int = ROUTE_AFTER,
     ) -> None:
         self._rego: regopy.Interpreter | None = rego
         self._bundle: regopy.Bundle | None = bundle
@@ -69,9 +79,18 @@ class EmbeddedEngine:
         self._cache: OrderedDict[tuple[str, str], Any] | None = OrderedDict() if cache else None
         self._lock = threading.Lock()  # one interpreter: one evaluation at a time
         self._thread: ThreadPoolExecutor | None = None  # made on the first large input
+        self._sources = sources
+        self._route_after = route_after if sources is not None else -1  # -1: never route
+        self._router: Router | None = None
+        self._compiling: set[frozenset[str]] = set()
 
     @classmethod
-    def load(cls, paths: Sequence[Path], query: str = "data.hitl.decision") -> EmbeddedEngine:
+    def load(
+        cls, paths: Sequence[Path], query: str = "data.hitl.decision",
+        route_after: int | None = ROUTE_AFTER,
+    ) -> EmbeddedEngine:
+        """The engine for the policies under ``paths``. ``route_after``: evaluations before
+        routes are prepared (routing.py); None for none at all."""
         if not _QUERY.fullmatch(query):
             raise ConfigError(
                 "policy.query", f"{query!r} is not a rule path such as data.hitl.decision"
@@ -95,7 +114,9 @@ class EmbeddedEngine:
             f"{_plural(len(data_files), 'data file')} under {roots}; query {query}"
         )
         sources = modules.values()
-        return cls(rego, bundle, query, description, input_refs(sources), cache=pure(sources))
+        return cls(rego, bundle, query, description, input_refs(sources), cache=pure(sources),
+                   sources=None if route_after is None else (modules, data_files, entrypoints),
+                   route_after=route_after or 0)
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         value = await self._judge(self._entrypoint, input)
@@ -109,6 +130,12 @@ class EmbeddedEngine:
 
     def describe(self) -> str:
         return self._description
+
+    def settle(self) -> None:
+        """Wait until the engine's thread has done what is queued on it (routes being
+        compiled): for benchmarks and tests that measure or check the routed engine."""
+        if self._thread is not None:
+            self._thread.submit(lambda: None).result()
 
     def close(self) -> None:
         with self._lock:
@@ -130,10 +157,13 @@ class EmbeddedEngine:
                 return self._evaluate_locked(entrypoint, prune(input, self._refs))
             finally:
                 self._lock.release()
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), self._evaluate,
+                                                                entrypoint, input)
+
+    def _executor(self) -> ThreadPoolExecutor:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hitl-policy")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._evaluate,
-                                                                entrypoint, input)
+        return self._thread
 
     def _evaluate(self, entrypoint: str, input: dict[str, Any]) -> Any:
         doc = prune(input, self._refs)
@@ -151,12 +181,62 @@ class EmbeddedEngine:
             set_input(self._rego, doc)
         except (regopy.RegoError, *INPUT_ERRORS) as exc:
             raise PolicyError(f"the input cannot be passed to the policy: {exc}") from exc
-        value = query_value(self._rego, self._bundle, entrypoint)  # errors are never cached
+        value = self._answer(entrypoint, doc)  # errors are never cached
         if key is not None:
             self._cache[key] = value  # type: ignore[index]
             if len(self._cache) > CACHE_ENTRIES:  # type: ignore[arg-type]
                 self._cache.popitem(last=False)  # type: ignore[union-attr]
         return value
+
+    def _answer(self, entrypoint: str, doc: dict[str, Any]) -> Any:
+        """The entrypoint's value for the input already set: on the host's route when it
+        has one, else (and whenever the route fails: routing.py, rule 3) on the full bundle."""
+        assert self._rego is not None and self._bundle is not None
+        router = self._router
+        if router is None:
+            if self._route_after >= 0:
+                self._route_after -= 1
+                if self._route_after < 0:
+                    self._executor().submit(self._prepare_routes)
+            return query_value(self._rego, self._bundle, entrypoint)
+        request = doc.get("request")
+        host = request.get("host") if isinstance(request, dict) else None
+        needed, route = router.route(host)
+        if route is None:
+            if router.missing(needed) and needed not in self._compiling:
+                self._compiling.add(needed)
+                self._executor().submit(self._compile_route, needed)
+            return query_value(self._rego, self._bundle, entrypoint)
+        try:
+            return query_value(self._rego, route, entrypoint, tripwire=True)
+        except Tripped as exc:
+            router.tripped(host, needed, exc.text)
+        return query_value(self._rego, self._bundle, entrypoint)
+
+    def _prepare_routes(self) -> None:
+        """On the engine's thread: the router and its first route (routing.py, rule 5).
+        Compiling uses interpreters of its own, so the loop goes on evaluating meanwhile
+        (as a policy reload does); only handing the result over takes the lock."""
+        assert self._sources is not None
+        try:
+            router = Router.prepare(*self._sources)
+        except (PolicyLoadError, regopy.RegoError, OSError, ValueError, KeyError, TypeError):
+            return  # the bundle cannot be read back: no routes, the full bundle serves
+        if router is None:
+            return
+        start = router.route(None)[0]
+        route = router.build(start)
+        with self._lock:
+            router.install(start, route)
+            self._router = router
+
+    def _compile_route(self, needed: frozenset[str]) -> None:
+        router = self._router
+        assert router is not None
+        route = router.build(needed)
+        with self._lock:
+            router.install(needed, route)
+            self._compiling.discard(needed)
 
     def _cache_key(self, entrypoint: str, doc: dict[str, Any]) -> tuple[str, str] | None:
         if self._cache is None:
@@ -217,19 +297,37 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def query_value(rego: regopy.Interpreter, bundle: regopy.Bundle, entrypoint: str) -> Any:
-    """The value of an entrypoint for the current input, or UNDEFINED; else PolicyError."""
+class Tripped(Exception):
+    """An evaluation on a route failed; ``text`` is rego-cpp's error (routing.py, rule 3)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def query_value(
+    rego: regopy.Interpreter, bundle: regopy.Bundle, entrypoint: str, tripwire: bool = False
+) -> Any:
+    """The value of an entrypoint for the current input, or UNDEFINED; else PolicyError
+    (``Tripped`` instead, with the whole error text, when ``tripwire`` is set)."""
     try:
         out = rego.query_bundle_entrypoint(bundle, entrypoint)
     except regopy.RegoError as exc:
+        if tripwire:
+            raise Tripped(str(exc)) from exc
         problem = error_text(str(exc)) or str(exc)
         raise PolicyError(f"policy evaluation failed: {problem}") from exc
     except json.JSONDecodeError as exc:
+        if tripwire:
+            raise Tripped(exc.doc) from exc
         # regopy parses rego-cpp's output itself; some failures (recursion) come out as text.
         problem = error_text(exc.doc) or "the policy produced a value that is not JSON"
         raise PolicyError(f"policy evaluation failed: {problem}") from exc
     if not out.ok():
-        problem = error_text(node_text(out.node())) or "unknown error"
+        text = node_text(out.node())
+        if tripwire:
+            raise Tripped(text)
+        problem = error_text(text) or "unknown error"
         raise PolicyError(f"policy evaluation failed: {problem}")
     if not out.results or not out.results[0].expressions:
         return UNDEFINED
