@@ -16,7 +16,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY review_ui ./review_ui
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# [fast]: uvloop as serve's event loop (about 5% less CPU per request on the pass-through path).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast]'
 
 # -- egress-lock: an init container for the Kubernetes sidecar (deploy/k8s/agent.yaml) --------
 # Only the proxy's user may open connections out of the pod; NetworkPolicy cannot tell the
@@ -36,7 +37,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=builder /wheels /wheels
 # Only the wheels built above (--no-index): their versions are fixed by the builder stage.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-index --find-links /wheels hitl-proxy \
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'hitl-proxy[fast]' \
  && rm -rf /wheels \
  && groupadd --gid 10001 hitl \
  && useradd --uid 10001 --gid hitl --no-create-home --home-dir /data --shell /usr/sbin/nologin hitl \

@@ -41,6 +41,7 @@ bench: $(VENV)/.installed
 		$(SUDO) apt-get install -y -qq wrk tinyproxy squid nginx util-linux >/dev/null; }
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/bench_policy.py
+	$(PY) bench/bench_decision_log.py --rounds 2
 	$(PY) bench/bench_tls.py --runs 3
 
 # Pinned: a new release adds rules, and lint must not turn red on its own.

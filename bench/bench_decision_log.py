@@ -10,7 +10,7 @@ Two measurements, printed as tables (nothing asserted):
    allowed request), rounds interleaved so that load from elsewhere on the machine spreads
    over all three.
 
-    .venv/bin/python bench/bench_decision_log.py --duration 5 --rounds 3
+    .venv/bin/python bench/bench_decision_log.py --duration 5 --rounds 3 --conns 1,32
 """
 
 from __future__ import annotations
@@ -22,11 +22,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import ALLOW_ALL, HITL, PY, ROOT, free_port, start, stop, wait_port, wrk
+from harness import (
+    ALLOW_ALL,
+    HITL,
+    ROOT,
+    SERVER_CORE,
+    free_port,
+    process_cpu,
+    start,
+    start_nginx,
+    start_python_upstream,
+    stop,
+    wait_port,
+    wrk,
+)
 
 from proxy.decision_log import DecisionRecorder
 from proxy.model import Action, Agent, AgentRequest, Decision
@@ -93,14 +107,14 @@ def start_hitl(tmp: Path, name: str, max_rows: int, share: float) -> tuple[int, 
         f"  ca_dir: {data}/ca\nreview:\n  listen: 127.0.0.1:{free_port()}\n"
         f"policy:\n  paths: [{tmp}/policies]\n  decision_log: {max_rows}\n  decision_log_allowed: {share}\n"
         f"store:\n  url: sqlite:///{data}/hitl.db\nlog:\n  level: warning\n  format: json\n")
-    return port, start([HITL, "serve", "-c", str(config)])
+    return port, start([HITL, "serve", "-c", str(config)], core=SERVER_CORE)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--conns", default="1,32")
     args = ap.parse_args()
 
     costs = judged_cost()
@@ -109,37 +123,46 @@ def main() -> int:
     for label, us in costs.items():
         print(f"  {label:<34} {us:>7.1f}")
 
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    conns = [int(c) for c in args.conns.split(",")]
+    results: dict[tuple[str, int], list[dict[str, float]]] = {(m, c): [] for m in MODES for c in conns}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp / "policies").mkdir()
         (tmp / "policies" / "bench.rego").write_text(ALLOW_ALL)
         up_port = free_port()
-        procs = {"upstream": start([PY, str(ROOT / "bench" / "upstream_server.py"), str(up_port)])}
+        upstream = start_nginx(tmp, up_port) or start_python_upstream(up_port)
+        procs: dict[str, Any] = {"upstream": upstream}
         ports = {}
         try:
             for mode, (rows, share) in MODES.items():
-                ports[mode], procs[mode] = start_hitl(tmp, mode, rows, share)  # type: ignore[assignment]
+                ports[mode], procs[mode] = start_hitl(tmp, mode, rows, share)
             wait_port(up_port)
             for port in ports.values():
                 wait_port(port)
-                wrk(port, up_port, args.conns, 1, tmp)  # warm-up
+                wrk(port, up_port, max(conns), 1, tmp)  # warm-up
             for _ in range(args.rounds):
-                for mode, port in ports.items():
-                    results[mode].append(wrk(port, up_port, args.conns, args.duration, tmp))
+                for c in conns:
+                    for mode, port in ports.items():
+                        cpu = process_cpu(procs[mode].pid)
+                        result = wrk(port, up_port, c, args.duration, tmp)
+                        result["cpu_us"] = ((process_cpu(procs[mode].pid) - cpu)
+                                            / max(1.0, result["rps"] * args.duration) * 1e6)
+                        results[(mode, c)].append(result)
         finally:
             for proc in procs.values():
-                stop(proc)  # type: ignore[arg-type]
-    print(f"\npass-through, allow-all policy, wrk -c{args.conns} {args.duration}s x {args.rounds} rounds "
-          "(interleaved), median of rounds\n")
-    print(f"{'decision log':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    base = None
-    for mode, runs in results.items():
-        rps = statistics.median(r["rps"] for r in runs)
-        p50 = statistics.median(r["p50"] for r in runs)
-        p99 = statistics.median(r["p99"] for r in runs)
-        base = base or rps
-        print(f"{mode:<14} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f}   ({(rps / base - 1) * 100:+.1f}% req/s)")
+                stop(proc)
+    print(f"\npass-through, allow-all policy, wrk {args.duration}s x {args.rounds} rounds (interleaved), "
+          "median of rounds; CPU: the proxy's own, all its threads\n")
+    print(f"{'decision log':<14} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>10}")
+    for c in conns:
+        base = None
+        for mode in MODES:
+            runs = results[(mode, c)]
+            rps = statistics.median(r["rps"] for r in runs)
+            base = base or rps
+            print(f"{mode:<14} {c:>5} {rps:>9.0f} {statistics.median(r['p50'] for r in runs):>8.2f} "
+                  f"{statistics.median(r['p99'] for r in runs):>8.2f} "
+                  f"{statistics.median(r['cpu_us'] for r in runs):>10.0f}   ({(rps / base - 1) * 100:+.1f}% req/s)")
     return 0
 
 

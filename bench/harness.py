@@ -196,13 +196,12 @@ def hitl_config(tmp: Path, name: str, port: int, policy: str = ALLOW_ALL, worker
 def start_hitl(config: Path, source: Path | None = None) -> subprocess.Popen[bytes]:
     """``hitl-proxy serve`` on the server core. ``source``: run the code of another checkout
     (a git worktree of an earlier commit) with this environment's dependencies."""
-    env = None
-    if source is not None:
-        env = {**os.environ, "PYTHONPATH": str(source)}
-        cmd = [PY, "-c", "import sys; from proxy.cli import main; sys.exit(main())", "serve", "-c", str(config)]
-    else:
-        cmd = [HITL, "serve", "-c", str(config)]
-    return start(cmd, core=SERVER_CORE, env=env)
+    if source is None:
+        return start([HITL, "serve", "-c", str(config)], core=SERVER_CORE)
+    # ``python -c`` puts its working directory first on sys.path: run in the other checkout,
+    # so that its ``proxy`` is imported and not this one's (PYTHONPATH alone would lose).
+    cmd = [PY, "-c", "import sys; from proxy.cli import main; sys.exit(main())", "serve", "-c", str(config)]
+    return start(cmd, core=SERVER_CORE, cwd=str(source), env={**os.environ, "PYTHONPATH": str(source)})
 
 
 # -- the header -----------------------------------------------------------------------------
