@@ -72,10 +72,9 @@ class HeldRequests:
 
     async def await_outcome(self, request_id: str, wait_until: float) -> Reply:
         """Wait for a held request's fate, up to ``wait_until``; act on it (Rules 2 and 4).
-        While it waits, the agent holds one future and one timer (waiters.py), no copy of the
+        While it waits, the agent holds one future and one deadline (waiters.py), no copy of the
         record: it reads the status when woken, and the whole record only for the outcome.
         One frame for the whole wait: 10,000 waiting agents pay for each frame kept."""
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 woken = self.waiters.add(request_id)  # before the read: no change can slip between
@@ -83,11 +82,8 @@ class HeldRequests:
                     status = await self.store.status(request_id)
                     remaining = self._patience(status, wait_until)
                     if remaining > 0:
-                        timer = loop.call_later(remaining, waiters.resolve, woken)
-                        try:
-                            news = await woken
-                        finally:
-                            timer.cancel()
+                        self.waiters.expire(woken, remaining)
+                        news = await woken
                         if news is not HoldStatus.APPROVED:
                             continue  # read the status again
                         status = news  # claimed at once: the claim itself checks the status
