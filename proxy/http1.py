@@ -199,6 +199,7 @@ class HTTPConnection:
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._events.append(Request(parser.get_method(), self._url, self._headers, parser.get_http_version()))
+        self._url, self._headers = b"", []  # the head is the event's now: a held request keeps one copy
         self._head_open = False
         self._head_bytes = 0
         self._tail = b""

@@ -180,11 +180,8 @@ class ProxyServer:
         while True:
             access = Access(http.peer)  # the one access line, written after the reply (logs.py)
             try:
-                event = await http.receive_request()
-                if event is None:
+                if not await self._handle_next(http, access, tls_authority):
                     return
-                access.request(event.method.decode("ascii", "replace"), event.target.decode("latin-1"))
-                await self._handle(http, event, tls_authority)
             except GateError as exc:
                 access.status, access.error = exc.status, exc.code
                 # An id for a refusal made before the gate gave the request one: made only
@@ -198,10 +195,17 @@ class ProxyServer:
             if not http.reusable or self._closing:
                 return
 
-    async def _handle(self, http: HTTPConnection, event: Request,
-                      tls_authority: tuple[str, int] | None) -> None:
+    async def _handle_next(self, http: HTTPConnection, access: Access,
+                           tls_authority: tuple[str, int] | None) -> bool:
+        """Read the next request and answer it; False when the agent closed the connection.
+        Reading happens here, not in the caller, so that no frame keeps the parsed head while
+        the gate waits on a hold (below)."""
+        event = await http.receive_request()
+        if event is None:
+            return False
         method = event.method.decode("ascii", "replace")
         target = event.target.decode("latin-1")
+        access.request(method, target)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
         lowered = dict(headers)  # names come lower-cased (http1.Request); the last one wins
 
@@ -213,7 +217,7 @@ class ProxyServer:
                 raise MethodNotAllowed("CONNECT (HTTPS through the proxy) is not enabled on this proxy")
             await self.connect(http, event, agent, new_id())
             note(agent=agent.id, status=200)  # the tunnel was established, then closed
-            return
+            return True
 
         if tls_authority is not None:
             scheme, host, port, raw_target = self._inner_target(target, lowered, tls_authority)
@@ -235,11 +239,15 @@ class ProxyServer:
                                    raw_path=raw_path)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from exc
+            # A held request can wait for hours: keep only what the gate was given, not the head
+            # it was parsed from.
+            del event, headers, lowered
             reply = await self.gate.handle(req, agent)
             note(status=reply.status, request_id=reply.request_id)
             await self.write_reply(http, reply, head_only=method == "HEAD")
         finally:
             self._busy.discard(task)
+        return True
 
     def _inner_target(self, target: str, headers: dict[str, str],
                       authority: tuple[str, int]) -> tuple[str, str, int, str]:

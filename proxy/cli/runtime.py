@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from proxy.errors import StoreError
 from proxy.events import EventBus
 from proxy.files import private_dir
 from proxy.gate import Gate
+from proxy.gc_policy import OldObjects
 from proxy.metrics import Metrics, share_between_processes
 from proxy.netguard import AddressPolicy
 from proxy.policy.embedded import EmbeddedEngine
@@ -323,10 +323,10 @@ async def serve(settings: Settings, role: str = "all", worker_of: int | None = N
     if worker_of is None:
         for line in runtime.ready_lines():
             print(line, flush=True)
-    # Everything made while starting (policies, the review app, templates) lives as long as
-    # the process: out of the collector's sight, a full collection no longer walks it, which
-    # was a pause of milliseconds in the agents' tail latency every few thousand requests.
-    gc.freeze()
+    # What lives long (startup's objects, then held requests) is kept out of the collector's
+    # sight, so that a collection is not a stall of the whole gate (proxy/gc_policy.py).
+    old_objects = OldObjects(asyncio.get_running_loop())
+    aging = old_objects.start()
     signal_ready(ready_fd)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -335,5 +335,7 @@ async def serve(settings: Settings, role: str = "all", worker_of: int | None = N
     loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     await stop.wait()
     print("hitl-proxy: shutting down", file=sys.stderr, flush=True)
+    aging.cancel()
+    old_objects.stop()
     await runtime.stop()
     return 0
