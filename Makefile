@@ -42,6 +42,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_decision_log.py --rounds 2
+	$(PY) bench/bench_holds.py
 	$(PY) bench/bench_tls.py --runs 3
 
 # Pinned: a new release adds rules, and lint must not turn red on its own.
