@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 log = logging.getLogger("hitl.tunnel")
 
@@ -45,8 +45,9 @@ def detach(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[
     """Take the raw socket out of an asyncio stream: a non-blocking duplicate that the tunnel
     owns, and the bytes the stream had already read but nobody consumed (to be sent first).
     The stream's transport is closed; the connection lives on in the duplicate."""
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)  # a stream's socket transport reads too
+    # A stream's socket transport reads, pauses and closes, on asyncio's loop and on uvloop's
+    # (whose transports subclass none of asyncio's classes, so no isinstance check here).
+    transport = cast(asyncio.Transport, writer.transport)
     transport.pause_reading()  # no more bytes into the reader: what it holds now is all
     buffered = bytes(reader._buffer)  # type: ignore[attr-defined]  # no public "take buffered"
     reader._buffer.clear()  # type: ignore[attr-defined]

@@ -189,11 +189,12 @@ class Hitl:
 
 
 def start_hitl(config_path: Path) -> Hitl:
-    from proxy.cli.runtime import Runtime
+    from proxy.cli.runtime import Runtime, event_loop_factory
     from proxy.config import load_settings
 
     settings = load_settings(config_path, {})
-    loop = asyncio.new_event_loop()
+    # The loop `serve` runs on (uvloop when installed): what the tests prove is what runs.
+    loop = event_loop_factory()()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     runtime = Runtime(settings)

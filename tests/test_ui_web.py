@@ -522,8 +522,15 @@ def test_grant_offer_appears_on_the_third_similar_approval_and_one_click_grants_
     def held(agent: str, amount: int) -> tuple[Curl, str]:
         curl = Curl(ui, hold_url(upstream, msg=f"Charge {amount} by {agent}"), agent=agent,
                     body=json.dumps({"amount": amount}))
-        item = next(i for i in pending(ui) if i["message"] == f"Charge {amount} by {agent}")
-        return curl, item["id"]
+        # Another hold may be pending already: wait for this one, not for any one.
+        message = f"Charge {amount} by {agent}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = [i for i in pending(ui) if i["message"] == message]
+            if found:
+                return curl, found[0]["id"]
+            time.sleep(0.05)
+        raise AssertionError(f"no pending request {message!r} within 10 s")
 
     # Two similar requests approved: the first through the API, the second in the page.
     first, rid = held("billing-agent", 100)
