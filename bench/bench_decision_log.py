@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import sys
 import tempfile
@@ -28,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
-    ALLOW_ALL,
     HITL,
     ROOT,
     SERVER_CORE,
     free_port,
+    hitl_config,
     process_cpu,
     start,
     start_nginx,
@@ -98,15 +99,10 @@ def judged_cost(n: int = 20000) -> dict[str, float]:
     return out
 
 
-def start_hitl(tmp: Path, name: str, max_rows: int, share: float) -> tuple[int, object]:
+def start_hitl(tmp: Path, name: str, max_rows: int, share: float) -> tuple[int, Any]:
     port = free_port()
-    data = tmp / name.replace(" ", "-").replace("%", "")
-    config = tmp / f"{data.name}.yaml"
-    config.write_text(
-        f"data_dir: {data}\nproxy:\n  listen: 127.0.0.1:{port}\n  allow_networks: [127.0.0.0/8]\n"
-        f"  ca_dir: {data}/ca\nreview:\n  listen: 127.0.0.1:{free_port()}\n"
-        f"policy:\n  paths: [{tmp}/policies]\n  decision_log: {max_rows}\n  decision_log_allowed: {share}\n"
-        f"store:\n  url: sqlite:///{data}/hitl.db\nlog:\n  level: warning\n  format: json\n")
+    config = hitl_config(tmp, name.replace(" ", "-").replace("%", ""), port, settings={
+        "policy": {"decision_log": max_rows, "decision_log_allowed": share}})
     return port, start([HITL, "serve", "-c", str(config)], core=SERVER_CORE)
 
 
@@ -127,8 +123,6 @@ def main() -> int:
     results: dict[tuple[str, int], list[dict[str, float]]] = {(m, c): [] for m in MODES for c in conns}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        (tmp / "policies").mkdir()
-        (tmp / "policies" / "bench.rego").write_text(ALLOW_ALL)
         up_port = free_port()
         upstream = start_nginx(tmp, up_port) or start_python_upstream(up_port)
         procs: dict[str, Any] = {"upstream": upstream}
@@ -143,11 +137,8 @@ def main() -> int:
             for _ in range(args.rounds):
                 for c in conns:
                     for mode, port in ports.items():
-                        cpu = process_cpu(procs[mode].pid)
-                        result = wrk(port, up_port, c, args.duration, tmp)
-                        result["cpu_us"] = ((process_cpu(procs[mode].pid) - cpu)
-                                            / max(1.0, result["rps"] * args.duration) * 1e6)
-                        results[(mode, c)].append(result)
+                        results[(mode, c)].append(wrk(port, up_port, c, args.duration, tmp,
+                                                      cpu=functools.partial(process_cpu, procs[mode].pid)))
         finally:
             for proc in procs.values():
                 stop(proc)

@@ -53,13 +53,16 @@ from harness import (
     PY,
     SERVER_CORE,
     free_port,
+    hitl_config,
     machine_header,
     on_core,
     process_cpu,
     rss_mib,
+    start,
     stop,
     wait_port,
 )
+from harness import wrk as harness_wrk
 
 TOKEN = "hitl_bench000_" + "b" * 43
 TOKEN_HASH = "sha256:" + __import__("hashlib").sha256(TOKEN.encode()).hexdigest()
@@ -144,18 +147,13 @@ class Arrivals:
 # -- the proxy ------------------------------------------------------------------------------
 def start_proxy(tmp: Path, port: int, review: int, holds: int, store: str,
                 workers: int) -> subprocess.Popen[bytes]:
-    (tmp / "policies").mkdir(exist_ok=True)
-    (tmp / "policies" / "bench.rego").write_text(POLICY)
-    config = tmp / "hitl.yaml"
-    config.write_text(
-        f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{port}\n  workers: {workers}\n"
-        f"  allow_networks: [127.0.0.0/8]\n"
-        f"  ca_dir: {tmp}/data/ca\n  shutdown_grace: 20s\n"
-        f"review:\n  listen: 127.0.0.1:{review}\n  tokens: [{{name: bench, token_hash: \"{TOKEN_HASH}\"}}]\n"
-        f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: {store}\n"
-        f"hold:\n  client_wait: 30m\n  timeout: 1h\n  max_pending_per_agent: {holds + 10}\n"
-        f"log:\n  level: warning\n  format: json\n")
-    return subprocess.Popen(on_core(SERVER_CORE, [HITL, "serve", "-c", str(config)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    config = hitl_config(tmp, "proxy", port, POLICY, workers, settings={
+        "proxy": {"shutdown_grace": "20s"},
+        "review": {"listen": f"127.0.0.1:{review}", "tokens": [{"name": "bench", "token_hash": TOKEN_HASH}]},
+        "store": {"url": store},
+        "hold": {"client_wait": "30m", "timeout": "1h", "max_pending_per_agent": holds + 10},
+    })
+    return start([HITL, "serve", "-c", str(config)], core=SERVER_CORE)
 
 
 def wait_healthy(port: int, timeout: float = 30) -> None:
@@ -208,20 +206,13 @@ def summed(measure: Any, pid: int) -> float:
 # -- load -----------------------------------------------------------------------------------
 def wrk(proxy_port: int, upstream_port: int, conns: int, duration: int, tmp: Path,
         pid: int) -> tuple[float, float]:
-    """(req/s, proxy CPU ms per request) of absolute-form GETs through the proxy."""
-    script = tmp / "absolute.lua"
-    script.write_text(f'wrk.path = "http://127.0.0.1:{upstream_port}/pass"\n'
-                      f'wrk.headers["Host"] = "127.0.0.1:{upstream_port}"\n')
-    cmd = on_core(LOAD_CORE, ["wrk", f"-t{1 if PIN else 2}", f"-c{conns}", f"-d{duration}s", "-s", str(script),
-                              f"http://127.0.0.1:{proxy_port}/"])
-    before = summed(process_cpu, pid)
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 30).stdout
-    used = summed(process_cpu, pid) - before
-    found = re.search(r"(\d+) requests in", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not found or not rps:
+    """(req/s, proxy CPU ms per request, all its processes) of absolute-form GETs through the proxy."""
+    try:
+        result = harness_wrk(proxy_port, upstream_port, conns, duration, tmp, path="/pass",
+                             cpu=lambda: summed(process_cpu, pid))
+    except RuntimeError:  # wrk printed no result
         return float("nan"), float("nan")
-    return float(rps.group(1)), used * 1000 / max(1, int(found.group(1)))
+    return result["rps"], result["cpu_us"] / 1000
 
 
 class Agents:
@@ -339,7 +330,7 @@ def bench(args: argparse.Namespace, tmp: Path, loop: asyncio.AbstractEventLoop) 
                                 text=True, start_new_session=True)
     arrivals = Arrivals(upstream)
     total = args.holds + 2 * args.decisions  # the approved ones are held like the others first
-    store = args.store or f"sqlite:///{tmp}/data/hitl.db"
+    store = args.store or f"sqlite:///{tmp}/proxy/data/hitl.db"  # hitl_config's data_dir
     proxy = start_proxy(tmp, proxy_port, review, total, store, args.workers)
     has_wrk = shutil.which("wrk") is not None
     try:

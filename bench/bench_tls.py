@@ -33,6 +33,7 @@ from harness import (
     PY,
     SERVER_CORE,
     free_port,
+    hitl_config,
     machine_header,
     process_cpu,
     start,
@@ -215,17 +216,12 @@ def main() -> int:
         proxy_port, review_port = free_port(), free_port()
         while {proxy_port, review_port} & {up_port, up_port + 1}:
             proxy_port, review_port = free_port(), free_port()
-        (tmp / "policies").mkdir()
-        (tmp / "policies" / "bench.rego").write_text(POLICY)
-        (tmp / "hitl.yaml").write_text(
-            f"data_dir: {tmp}/data\nproxy:\n  listen: 127.0.0.1:{proxy_port}\n"
-            f"  allow_networks: [127.0.0.0/8]\n  ca_dir: {tmp}/data/ca\n"
-            f"  upstream_ca_bundle: {tmp}/up-ca.pem\nreview:\n  listen: 127.0.0.1:{review_port}\n"
-            f"policy:\n  paths: [{tmp}/policies]\nstore:\n  url: sqlite:///{tmp}/data/hitl.db\n"
-            f"log:\n  level: warning\n  format: json\n")
+        config = hitl_config(tmp, "hitl", proxy_port, POLICY, settings={
+            "proxy": {"upstream_ca_bundle": str(tmp / "up-ca.pem")},
+            "review": {"listen": f"127.0.0.1:{review_port}"}})
         procs = [start([PY, __file__, "--upstream", str(up_port), str(tmp / "up.pem"), str(tmp / "up.key")],
                        core=SERVER_CORE),
-                 start([HITL, "serve", "-c", str(tmp / "hitl.yaml")], core=SERVER_CORE)]
+                 start([HITL, "serve", "-c", str(config)], core=SERVER_CORE)]
         tiny_port = free_port()
         tiny = start_tinyproxy(tmp, tiny_port)  # for comparison: a C proxy's blind tunnel, when installed
         try:
@@ -233,7 +229,7 @@ def main() -> int:
             wait_port(proxy_port)
             if tiny:
                 wait_port(tiny_port)
-            ca_file = tmp / "data" / "ca" / "ca.pem"
+            ca_file = config.parent / "data" / "ca" / "ca.pem"
             deadline = time.monotonic() + 20  # the port is bound before the CA is loaded
             while not ca_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -14,7 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -95,9 +99,11 @@ def rss_mib(pid: int) -> float:
 
 
 def wrk(proxy_port: int | None, upstream_port: int, conns: int, duration: float, tmp: Path,
-        path: str = "/bench") -> dict[str, float]:
+        path: str = "/bench", cpu: Callable[[], float] | None = None) -> dict[str, float]:
     """req/s, p50/p99 ms and non-2xx count of a wrk run: straight to the upstream, or through
-    a proxy in absolute form (``GET http://host:port/bench``), as HTTP_PROXY clients send."""
+    a proxy in absolute form (``GET http://host:port/bench``), as HTTP_PROXY clients send.
+    ``cpu``: the CPU seconds the server has used so far; the result then has ``cpu_us``, its
+    own CPU per request, a measure that survives a busy machine."""
     threads = min(2, conns) if not PIN else 1  # one core for the load: one thread
     if proxy_port is None:
         target, args = f"http://127.0.0.1:{upstream_port}{path}", []
@@ -107,7 +113,10 @@ def wrk(proxy_port: int | None, upstream_port: int, conns: int, duration: float,
                           f'wrk.headers["Host"] = "127.0.0.1:{upstream_port}"\n')
         target, args = f"http://127.0.0.1:{proxy_port}/", ["-s", str(script)]
     cmd = on_core(LOAD_CORE, ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration:g}s", "--latency", *args, target])
+    used = cpu() if cpu is not None else 0.0
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 30).stdout
+    if cpu is not None:
+        used = cpu() - used
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if found is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
@@ -120,7 +129,11 @@ def wrk(proxy_port: int | None, upstream_port: int, conns: int, duration: float,
     if sock_errors:
         connect, _read, write, timeout = map(int, sock_errors.groups())
         failed += connect + write + timeout
-    return {"rps": float(found.group(1)), "p50": lat["50"], "p99": lat["99"], "errors": float(failed)}
+    result = {"rps": float(found.group(1)), "p50": lat["50"], "p99": lat["99"], "errors": float(failed)}
+    if cpu is not None:
+        done = re.search(r"(\d+) requests in", out)
+        result["cpu_us"] = used / max(1, int(done.group(1)) if done else 0) * 1e6
+    return result
 
 
 def _ms(text: str) -> float:
@@ -131,10 +144,15 @@ def _ms(text: str) -> float:
 # -- the upstream and the reference proxies ----------------------------------------------
 
 
+def _tool(name: str) -> str | None:
+    """A server binary on PATH, or in /usr/sbin where Debian puts it (not on every user's PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin")
+
+
 def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
     """nginx, one process, answering ``/bench`` with 1 KiB from a file, keep-alive without a
     request cap (its default closes a connection after 1,000 requests)."""
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    nginx = _tool("nginx")
     if not nginx:
         return None
     root = tmp / "nginx"
@@ -167,7 +185,7 @@ def start_tinyproxy(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
 
 
 def start_squid(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
-    squid = shutil.which("squid") or ("/usr/sbin/squid" if Path("/usr/sbin/squid").exists() else None)
+    squid = _tool("squid")
     if not squid:
         return None
     conf = tmp / "squid.conf"
@@ -179,17 +197,25 @@ def start_squid(tmp: Path, port: int) -> subprocess.Popen[bytes] | None:
 
 
 def hitl_config(tmp: Path, name: str, port: int, policy: str = ALLOW_ALL, workers: int = 1,
-                extra: str = "") -> Path:
-    """A config for ``hitl-proxy serve`` under ``tmp/name``: one policy file, SQLite, quiet logs."""
+                settings: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A config for ``hitl-proxy serve`` under ``tmp/name``: one policy file, SQLite in
+    ``tmp/name/data``, quiet logs. ``settings`` adds or replaces keys, section by section."""
     base = tmp / name
     (base / "policies").mkdir(parents=True, exist_ok=True)
     (base / "policies" / "bench.rego").write_text(policy)
+    doc: dict[str, Any] = {
+        "data_dir": str(base / "data"),
+        "proxy": {"listen": f"127.0.0.1:{port}", "workers": workers, "allow_networks": ["127.0.0.0/8"],
+                  "ca_dir": str(base / "data" / "ca")},
+        "review": {"listen": f"127.0.0.1:{free_port()}"},
+        "policy": {"paths": [str(base / "policies")]},
+        "store": {"url": f"sqlite:///{base}/data/hitl.db"},
+        "log": {"level": "warning", "format": "json"},
+    }
+    for section, values in (settings or {}).items():
+        doc.setdefault(section, {}).update(values)
     config = base / "hitl.yaml"
-    config.write_text(
-        f"data_dir: {base}/data\nproxy:\n  listen: 127.0.0.1:{port}\n  workers: {workers}\n"
-        f"  allow_networks: [127.0.0.0/8]\n  ca_dir: {base}/data/ca\nreview:\n  listen: 127.0.0.1:{free_port()}\n"
-        f"policy:\n  paths: [{base}/policies]\nstore:\n  url: sqlite:///{base}/data/hitl.db\n"
-        f"log:\n  level: warning\n  format: json\n{extra}")
+    config.write_text(yaml.safe_dump(doc))
     return config
 
 

@@ -16,6 +16,7 @@ so a change is measured before and after in one run.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import subprocess
 import sys
@@ -175,11 +176,8 @@ def main() -> int:
                         if rep == 0:
                             wrk(port, up_port, c, 1, tmp)  # warm-up: connections, caches, pools
                         pid = procs["upstream" if port is None else name].pid
-                        cpu = process_cpu(pid)
-                        result = wrk(port, up_port, c, args.duration, tmp)
-                        # The server's own CPU per request: what it costs, whatever else runs.
-                        result["cpu_us"] = (process_cpu(pid) - cpu) / max(1.0, result["rps"] * args.duration) * 1e6
-                        runs[(name, c)].append(result)
+                        runs[(name, c)].append(wrk(port, up_port, c, args.duration, tmp,
+                                                   cpu=functools.partial(process_cpu, pid)))
                         print(f"  {name} c={c} run {rep + 1}: {runs[(name, c)][-1]['rps']:.0f} req/s",
                               file=sys.stderr, flush=True)
         finally:
