@@ -14,7 +14,7 @@ from proxy.gate import Reply
 from proxy.store.sqlite import SqliteBackend
 from tests.postgres import pg_url_fixture  # noqa: F401 - pg_url, behind store_opener's postgres case
 from tests.test_durability import StoreOpener, _record, store_opener  # noqa: F401 - the fixture
-from tests.test_lifecycle_property import GateRig, Shared
+from tests.test_lifecycle_property import GateRig
 
 NEVER = 60.0  # the feed's interval here: only a signal can end a wait within the test
 
@@ -39,13 +39,8 @@ def test_a_commit_by_another_connection_ends_the_signals_wait(store_opener: Stor
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[GateRig]:
-    for name in ("shared", "rig"):
-        (tmp_path / name).mkdir()
-    shared = Shared(tmp_path / "shared")
-    made = GateRig(tmp_path / "rig", shared)
-    yield made
-    made.close()
-    shared.close()
+    with GateRig.alone(tmp_path) as made:
+        yield made
 
 
 def test_an_agent_waiting_here_is_forwarded_when_another_process_approves(rig: GateRig) -> None:

@@ -26,7 +26,7 @@ from proxy.store.sqlite import SqliteBackend
 from tests.conftest import TEST_POLICY, Hitl, ServeProcess, Upstream, run_serve, write_config
 from tests.postgres import pg_url_fixture  # noqa: F401 - pg_url, behind store_opener's postgres case
 from tests.test_core_flow import in_background
-from tests.test_lifecycle_property import HOLD_TIMEOUT, REPLAY_WINDOW, GateRig, Shared
+from tests.test_lifecycle_property import HOLD_TIMEOUT, REPLAY_WINDOW, GateRig
 
 # -- 1. the state table, through the real store ------------------------------------------
 
@@ -448,13 +448,8 @@ def test_identical_first_sends_make_one_review_item(make_hitl: Any, upstream: Up
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[GateRig]:
-    for name in ("shared", "rig"):
-        (tmp_path / name).mkdir()
-    shared = Shared(tmp_path / "shared")
-    made = GateRig(tmp_path / "rig", shared)
-    yield made
-    made.close()
-    shared.close()
+    with GateRig.alone(tmp_path) as made:
+        yield made
 
 
 def _rid(out: Reply | Exception) -> str:

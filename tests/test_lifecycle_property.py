@@ -16,6 +16,7 @@ the hold lifecycle:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -143,6 +144,20 @@ class GateRig:
 
     def close(self) -> None:
         self.run(self.gate.store.aclose())
+
+    @classmethod
+    @contextlib.contextmanager
+    def alone(cls, tmp_path: Path) -> Iterator[GateRig]:
+        """A rig with shared parts of its own, for a test that is not a Hypothesis example."""
+        for name in ("shared", "rig"):
+            (tmp_path / name).mkdir()
+        shared = Shared(tmp_path / "shared")
+        made = cls(tmp_path / "rig", shared)
+        try:
+            yield made
+        finally:
+            made.close()
+            shared.close()
 
 
 def _reachable(start: HoldStatus) -> set[HoldStatus]:
