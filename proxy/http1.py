@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections import deque
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -29,7 +28,7 @@ import httptools
 
 from proxy.errors import BadRequest, BodyTooLarge, GateError
 from proxy.headers import to_wire
-from proxy.wire import header_lines, read_within
+from proxy.wire import TARGET, header_lines, read_within
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
@@ -39,7 +38,6 @@ BODY_TIMEOUT = 60.0  # gap allowed between body chunks
 LINGER_SECONDS = 2.0  # after an error mid-request: how long unread request bytes are drained
 LINGER_BYTES = 1024 * 1024
 
-_TARGET = re.compile(rb"[\x21-\x7e]+")
 _NO_BODY = frozenset({204, 304})
 
 
@@ -77,7 +75,7 @@ def _check(event: Request) -> None:
     """What llhttp accepts and h11 refused (see the module docstring)."""
     if event.http_version not in ("1.1", "1.0"):
         raise BadRequest(f"malformed HTTP request: unsupported HTTP version {event.http_version}")
-    if not _TARGET.fullmatch(event.target):
+    if not TARGET.fullmatch(event.target):
         raise BadRequest("malformed HTTP request: the request target must be visible ASCII")
     if head_size(event) > MAX_HEADER_BYTES:
         raise BadRequest(f"request head is over the {MAX_HEADER_BYTES}-byte limit", status=431)

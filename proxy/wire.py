@@ -25,11 +25,11 @@ import httptools
 # whitespace at either end.
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
-_TARGET = re.compile(rb"[\x21-\x7e]+")
+TARGET = re.compile(rb"[\x21-\x7e]+")  # a request target: visible ASCII (h11's, and http1.py's check)
 
 
 # Header lines as written: one match over all of them instead of two per header.
-_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*")
+_LINES = re.compile(rb"(?:" + _TOKEN.pattern + rb": " + _VALUE.pattern + rb"\r\n)*")
 
 
 def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -54,7 +54,7 @@ def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]
     """The request line and headers as sent, or ValueError naming what h11 would refuse."""
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"illegal method {method!r}")
-    if not _TARGET.fullmatch(target):
+    if not TARGET.fullmatch(target):
         raise ValueError(f"illegal request target {target!r}")
     return b"".join((method, b" ", target, b" HTTP/1.1\r\n", header_lines(headers), b"\r\n"))
 
